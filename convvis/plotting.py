@@ -45,8 +45,12 @@ def show_images(
     size: float = 2.6,
     cmap: str | None = None,
     suptitle: str | None = None,
+    fontsize: float = 11,
 ):
     """Show photos (H,W,3 in [0,1]) or maps (H,W) in a grid; returns the matplotlib figure.
+
+    Keep ``ncols * size`` near 10 inches: the book's text column shows figures about 750 px wide,
+    and wider figures shrink their titles below legibility.
 
     Maps are drawn with ``cmap`` (default ``"inferno"``), photos as they are.
     """
@@ -67,7 +71,7 @@ def show_images(
         arr = to_display(img)
         ax.imshow(arr, cmap=(cmap or "inferno") if arr.ndim == 2 else None)
         if titles is not None:
-            ax.set_title(titles[i], fontsize=9)
+            ax.set_title(titles[i], fontsize=fontsize)
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()

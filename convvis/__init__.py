@@ -6,7 +6,13 @@ Importing this package changes no global state (no seeding, no device choice, no
 :func:`convvis.setup` for those.
 """
 
-from .gradients import class_score, input_gradient, rectifier_states, taylor_curve
+from .gradients import (
+    class_score,
+    first_region_boundary,
+    input_gradient,
+    rectifier_states,
+    taylor_curve,
+)
 from .images import (
     box_to_input,
     data_dir,
@@ -27,13 +33,14 @@ from .models import (
     load_model,
     predict,
 )
-from .plotting import draw_box, overlay, prediction_title, show_images
+from .plotting import draw_box, overlay, prediction_title, show_images, signed_to_rgb
 from .runtime import resolve_device, setup
 
 __version__ = "0.1.0"
 
 __all__ = [
     "class_score",
+    "first_region_boundary",
     "input_gradient",
     "rectifier_states",
     "taylor_curve",
@@ -58,5 +65,6 @@ __all__ = [
     "sample_path",
     "setup",
     "show_images",
+    "signed_to_rgb",
     "to_photo",
 ]

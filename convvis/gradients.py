@@ -33,6 +33,7 @@ __all__ = [
     "TaylorCurve",
     "taylor_curve",
     "rectifier_states",
+    "first_region_boundary",
 ]
 
 Target = int | Sequence[int] | torch.Tensor | None
@@ -195,7 +196,7 @@ class TaylorCurve:
 
     ``true[k] = S_c(I0 + eps[k] d)`` and ``linear[k] = S_c(I0) + eps[k] w.d``; ``abs_error`` is
     ``|true - linear|``, ``rel_error`` is ``abs_error / |true - S_c(I0)|`` (how wrong the predicted
-    *change* is).
+    *change* is; NaN where the score did not change at all, since the ratio is undefined there).
     """
 
     eps: np.ndarray
@@ -212,7 +213,7 @@ class TaylorCurve:
     def rel_error(self) -> np.ndarray:
         change = np.abs(self.true - self.score0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(change > 0, self.abs_error / change, 0.0)
+            return np.where(change > 0, self.abs_error / change, np.nan)
 
 
 def taylor_curve(
@@ -299,3 +300,45 @@ def rectifier_states(model: nn.Module | LoadedModel, image: torch.Tensor) -> lis
         for h in handles:
             h.remove()
     return states
+
+
+def first_region_boundary(
+    model: nn.Module | LoadedModel,
+    image: torch.Tensor,
+    direction: torch.Tensor,
+    max_eps: float,
+    *,
+    normalize: bool = True,
+    iters: int = 50,
+) -> tuple[float, float]:
+    """Bracket the first step length at which any rectifier unit changes piece along ``direction``.
+
+    Inside the linear region around ``image`` (no unit has switched) a ReLU network is exactly
+    affine, so the first-order Taylor model is exact there; this finds where that stops. Bisection
+    on the unit states of :func:`rectifier_states` between 0 and ``max_eps``.
+
+    Returns ``(lo, hi)`` with no switch at ``lo`` and at least one at ``hi``. Raises ``ValueError``
+    if nothing switches up to ``max_eps``. Use float64 models and images to resolve small steps.
+    """
+    _check_image(image)
+    if image.shape[0] != 1:
+        raise ValueError("first_region_boundary works on one image, shape (1,C,H,W)")
+    d = direction.detach().to(image.device, image.dtype).reshape(image.shape)
+    if normalize:
+        d = d / d.norm()
+    ref = rectifier_states(model, image)
+
+    def switched(eps: float) -> bool:
+        now = rectifier_states(model, image + eps * d)
+        return any(bool((a != b).any()) for a, b in zip(ref, now))
+
+    if not switched(max_eps):
+        raise ValueError(f"no rectifier unit changes state up to eps = {max_eps}")
+    lo, hi = 0.0, float(max_eps)
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        if switched(mid):
+            hi = mid
+        else:
+            lo = mid
+    return lo, hi

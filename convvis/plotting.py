@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["show_images", "overlay", "draw_box", "prediction_title", "to_display"]
+__all__ = ["show_images", "overlay", "draw_box", "prediction_title", "to_display", "signed_to_rgb"]
 
 
 def to_display(x: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -110,3 +110,22 @@ def draw_box(ax, box: Sequence[float], color: str = "lime", label: str | None = 
         ax.text(x0, y0, label, color="black", fontsize=8, va="bottom",
                 bbox={"facecolor": color, "alpha": 0.8, "pad": 1, "lw": 0})
     return ax
+
+
+def signed_to_rgb(w: np.ndarray | torch.Tensor, percentile: float = 99.0) -> np.ndarray:
+    """Show a signed (3,H,W) gradient as an RGB image: mid-grey is zero.
+
+    Each value becomes ``0.5 + 0.5 * w / m`` (clipped to [0, 1]) with ``m`` the ``percentile``-th
+    value of ``|w|``, so positive components brighten a channel and negative ones darken it.
+    Returns H x W x 3.
+    """
+    if isinstance(w, torch.Tensor):
+        w = w.detach().float().cpu().numpy()
+    w = np.asarray(w, dtype=np.float32)
+    if w.ndim == 4 and w.shape[0] == 1:
+        w = w[0]
+    if w.ndim != 3 or w.shape[0] != 3:
+        raise ValueError(f"expected a (3,H,W) gradient, got shape {w.shape}")
+    m = float(np.percentile(np.abs(w), percentile))
+    out = 0.5 + 0.5 * w / m if m > 0 else np.full_like(w, 0.5)
+    return np.clip(out, 0.0, 1.0).transpose(1, 2, 0)

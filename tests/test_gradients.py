@@ -4,7 +4,14 @@ import torch
 from torch import nn
 
 import convvis
-from convvis.gradients import class_score, input_gradient, rectifier_states, resolve_targets, taylor_curve
+from convvis.gradients import (
+    class_score,
+    first_region_boundary,
+    input_gradient,
+    rectifier_states,
+    resolve_targets,
+    taylor_curve,
+)
 
 
 def linear_classifier():
@@ -200,3 +207,13 @@ def test_rectifier_hooks_removed_when_forward_raises():
     with pytest.raises(RuntimeError):
         rectifier_states(model, torch.zeros(1, 1, 2, 2))
     assert not model[0]._forward_pre_hooks
+
+
+def test_first_region_boundary_finds_the_hand_computed_switch():
+    model = one_layer_relu_net().double()
+    x = torch.tensor([3.0, 1.0], dtype=torch.float64).view(1, 1, 1, 2)
+    d = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    lo, hi = first_region_boundary(model, x, d.view(1, 1, 2), max_eps=10.0)
+    assert lo <= 1.5 <= hi and hi - lo < 1e-9  # unit 2: -3 + 2 eps = 0 at eps = 1.5
+    with pytest.raises(ValueError, match="no rectifier unit changes state"):
+        first_region_boundary(model, x, d.view(1, 1, 2), max_eps=1.0)

@@ -31,3 +31,14 @@ def test_overlay_checks_shapes():
 def test_prediction_title():
     assert convvis.prediction_title("tabby", 12.345, 0.5) == "tabby\nS=12.3  p=0.50"
     assert len(convvis.prediction_title("x" * 40, width=10).splitlines()[0]) == 10
+
+
+def test_signed_to_rgb_maps_zero_to_grey_and_sign_to_brightness():
+    w = torch.zeros(3, 4, 4)
+    w[0, 0, 0], w[1, 0, 0] = 1.0, -1.0
+    rgb = convvis.signed_to_rgb(w, percentile=100)
+    assert rgb.shape == (4, 4, 3)
+    np.testing.assert_allclose(rgb[1, 1], [0.5, 0.5, 0.5])
+    np.testing.assert_allclose(rgb[0, 0], [1.0, 0.0, 0.5])
+    with pytest.raises(ValueError, match=r"\(3,H,W\)"):
+        convvis.signed_to_rgb(np.zeros((4, 4)))

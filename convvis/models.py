@@ -258,6 +258,7 @@ def load_model(
     device: str | torch.device | None = None,
     *,
     download_timeout: float = 5.0,
+    channels_last: bool = True,
 ) -> LoadedModel:
     """Load an eval-mode ImageNet classifier that outputs unnormalised class scores.
 
@@ -272,6 +273,10 @@ def load_model(
     download_timeout:
         Seconds to wait for the weights' host before giving up with
         :class:`WeightsUnavailableError`.
+    channels_last:
+        Store the weights in the channels-last memory format. Values are unchanged; on the book's
+        2-core CPU, EfficientNet-Lite0 ran forward passes 1.7x and forward+backward passes 1.5x
+        faster this way (``benchmarks/`` measures it).
 
     Returns
     -------
@@ -291,6 +296,8 @@ def load_model(
     for p in model.parameters():
         p.requires_grad_(False)
     model.to(dev)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     return LoadedModel(model, name, prep, imagenet_class_names(), source)
 
 

@@ -1,0 +1,234 @@
+"""How faithful is a saliency map? Deletion / insertion AUC, the pointing game, rank correlation.
+
+None of these is in the paper (Simonyan et al. 2013 report localisation error only); they are the
+checks later work applies to it, and the book always names the protocol a number was measured with.
+
+Deletion / insertion (Petsiuk et al. 2018, RISE): rank pixels by saliency; *deletion* replaces the
+most salient pixels first by a substrate and tracks the class score as more are replaced;
+*insertion* starts from the substrate and puts the most salient pixels back first. The area under
+the curve (x: fraction of pixels changed, 0..1) is low for a good map under deletion and high under
+insertion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .gradients import Target, _check_image, _check_model_mode, _check_scores, as_module, resolve_targets
+from .models import LoadedModel
+
+__all__ = [
+    "Protocol",
+    "PROTOCOLS",
+    "perturbation_curve",
+    "auc",
+    "deletion_auc",
+    "insertion_auc",
+    "gaussian_blur",
+    "pointing_game",
+    "rank_correlation",
+    "with_steps",
+]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One deletion/insertion protocol.
+
+    ``pixels_per_step`` (or, if None, ``steps`` equal steps) sets how many pixels change between
+    two points of the curve; ``deletion`` / ``insertion`` name the substrate (``"zero"``: zero in
+    the model's normalised input space, i.e. the dataset mean colour; ``"blur"``: a Gaussian-blurred
+    copy); ``score`` is ``"probability"`` (softmax of the target) or ``"logit"`` (the paper's S_c).
+    """
+
+    name: str
+    pixels_per_step: int | None = None
+    steps: int | None = None
+    deletion: str = "zero"
+    insertion: str = "blur"
+    score: str = "probability"
+    blur_size: int = 11
+    blur_sigma: float = 5.0
+
+    def __post_init__(self) -> None:
+        if (self.pixels_per_step is None) == (self.steps is None):
+            raise ValueError("give exactly one of pixels_per_step and steps")
+        for sub in (self.deletion, self.insertion):
+            if sub not in ("zero", "blur"):
+                raise ValueError(f"substrate must be 'zero' or 'blur', not {sub!r}")
+        if self.score not in ("probability", "logit"):
+            raise ValueError(f"score must be 'probability' or 'logit', not {self.score!r}")
+
+    def step_size(self, n_pixels: int) -> int:
+        if self.pixels_per_step is not None:
+            return self.pixels_per_step
+        return -(-n_pixels // self.steps)  # ceil: the last step reaches every pixel
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    # RISE's reference evaluation: softmax probability, 224 pixels per step on 224 x 224 inputs
+    # (225 points), deletion to zero of the normalised tensor, insertion from an 11 x 11, sigma 5
+    # Gaussian blur of the image.
+    "rise": Protocol("rise", pixels_per_step=224, deletion="zero", insertion="blur", score="probability"),
+    # A constant baseline for both curves and few steps, like the protocol behind this paper's
+    # published deletion/insertion numbers (Xplique): constant 0 substrate, 10 equal steps.
+    "constant": Protocol("constant", steps=10, deletion="zero", insertion="zero", score="probability"),
+}
+
+
+def _protocol(protocol: str | Protocol) -> Protocol:
+    if isinstance(protocol, Protocol):
+        return protocol
+    try:
+        return PROTOCOLS[protocol]
+    except KeyError:
+        raise ValueError(f"unknown protocol {protocol!r}; choose from {sorted(PROTOCOLS)}") from None
+
+
+def gaussian_blur(image: torch.Tensor, size: int = 11, sigma: float = 5.0) -> torch.Tensor:
+    """Per-channel Gaussian blur with zero padding (RISE's insertion substrate). (N,C,H,W)."""
+    ax = torch.arange(size, dtype=image.dtype, device=image.device) - (size - 1) / 2
+    g = torch.exp(-(ax**2) / (2 * sigma**2))
+    k2 = torch.outer(g, g)
+    k2 = (k2 / k2.sum()).expand(image.shape[1], 1, size, size)
+    return F.conv2d(image, k2, padding=size // 2, groups=image.shape[1])
+
+
+def _substrate(image: torch.Tensor, kind: str, p: Protocol) -> torch.Tensor:
+    if kind == "zero":
+        return torch.zeros_like(image)
+    return gaussian_blur(image, p.blur_size, p.blur_sigma)
+
+
+def _ranks(saliency: torch.Tensor) -> torch.Tensor:
+    """(N,H,W) saliency -> (N,H,W) rank of each pixel, 0 = most salient; ties by pixel index."""
+    flat = saliency.flatten(1)
+    order = torch.argsort(-flat, dim=1, stable=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand_as(order))
+    return ranks.view_as(saliency)
+
+
+def perturbation_curve(
+    model: nn.Module | LoadedModel,
+    image: torch.Tensor,
+    saliency: torch.Tensor,
+    target: Target = None,
+    mode: str = "deletion",
+    protocol: str | Protocol = "rise",
+    *,
+    chunk: int = 8,
+) -> torch.Tensor:
+    """The deletion or insertion curve of each image: (N, S+1) scores, point k after k steps.
+
+    ``image`` (N,C,H,W); ``saliency`` (N,H,W) at the same resolution (higher = more important).
+    ``target`` defaults to each image's top-1 class on the unperturbed image. The perturbed copies
+    go through the network ``chunk`` at a time, whichever images and steps they come from, so
+    memory stays bounded by ``chunk`` images whatever N and S are.
+    """
+    if mode not in ("deletion", "insertion"):
+        raise ValueError(f"mode must be 'deletion' or 'insertion', not {mode!r}")
+    p = _protocol(protocol)
+    module = as_module(model)
+    _check_image(image)
+    _check_model_mode(module)
+    n, c, h, w = image.shape
+    if saliency.shape != (n, h, w):
+        raise ValueError(
+            f"saliency must have shape {(n, h, w)} to match the image, got {tuple(saliency.shape)}"
+        )
+    if not torch.isfinite(saliency).all():
+        raise ValueError("saliency contains NaN or infinite values")
+    image = image.detach()
+    with torch.no_grad():
+        scores0 = module(image)
+        _check_scores(scores0)
+        t = resolve_targets(target, scores0)
+        step = p.step_size(h * w)
+        n_points = -(-(h * w) // step) + 1
+        counts = torch.clamp(torch.arange(n_points, device=image.device) * step, max=h * w)
+        ranks = _ranks(saliency.to(image.device))
+        substrate = _substrate(image, p.deletion if mode == "deletion" else p.insertion, p)
+        pairs = [(i, k) for i in range(n) for k in range(n_points)]
+        out = torch.empty(n, n_points, dtype=torch.float64)
+        for start in range(0, len(pairs), chunk):
+            idx = torch.tensor(pairs[start : start + chunk], device=image.device)
+            img_i, k = idx[:, 0], idx[:, 1]
+            changed = (ranks[img_i] < counts[k].view(-1, 1, 1))[:, None]  # (B,1,H,W)
+            if mode == "deletion":
+                batch = torch.where(changed, substrate[img_i], image[img_i])
+            else:
+                batch = torch.where(changed, image[img_i], substrate[img_i])
+            logits = module(batch.contiguous(memory_format=torch.channels_last))
+            vals = logits.softmax(dim=1) if p.score == "probability" else logits
+            out[img_i.cpu(), k.cpu()] = vals.gather(1, t[img_i][:, None])[:, 0].double().cpu()
+    return out
+
+
+def auc(curve: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Area under curves sampled at equal steps over x in [0, 1] (trapezoid rule); (N,S+1) -> (N,)."""
+    c = torch.as_tensor(curve, dtype=torch.float64)
+    if c.ndim == 1:
+        c = c[None]
+    if c.shape[1] < 2:
+        raise ValueError("a curve needs at least two points")
+    return (c.sum(dim=1) - (c[:, 0] + c[:, -1]) / 2) / (c.shape[1] - 1)
+
+
+def deletion_auc(model, image, saliency, target: Target = None, protocol: str | Protocol = "rise",
+                 *, chunk: int = 8) -> torch.Tensor:
+    """Deletion AUC per image (N,): lower means the map found what the score depends on."""
+    return auc(perturbation_curve(model, image, saliency, target, "deletion", protocol, chunk=chunk))
+
+
+def insertion_auc(model, image, saliency, target: Target = None, protocol: str | Protocol = "rise",
+                  *, chunk: int = 8) -> torch.Tensor:
+    """Insertion AUC per image (N,): higher means the map's top pixels suffice for the score."""
+    return auc(perturbation_curve(model, image, saliency, target, "insertion", protocol, chunk=chunk))
+
+
+def pointing_game(saliency: torch.Tensor | np.ndarray, boxes: Sequence[Sequence[float]],
+                  tolerance: float = 15.0) -> bool:
+    """Zhang et al. (2016)'s pointing game for one map: is its maximum on an object?
+
+    ``saliency`` (H,W); ``boxes`` ``[x0, y0, x1, y1]`` in the map's pixel coordinates (x1, y1
+    exclusive). A hit when the most salient pixel lies within ``tolerance`` pixels of any box
+    (15 in the original protocol).
+    """
+    s = torch.as_tensor(saliency)
+    if s.ndim != 2:
+        raise ValueError(f"expected one (H,W) map, got shape {tuple(s.shape)}")
+    if len(boxes) == 0:
+        raise ValueError("no ground-truth boxes given")
+    iy, ix = np.unravel_index(int(torch.argmax(s)), tuple(s.shape))
+    px, py = ix + 0.5, iy + 0.5  # pixel centre
+    for x0, y0, x1, y1 in boxes:
+        dx = max(x0 - px, 0.0, px - x1)
+        dy = max(y0 - py, 0.0, py - y1)
+        if (dx * dx + dy * dy) ** 0.5 <= tolerance:
+            return True
+    return False
+
+
+def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spearman rank correlation between maps, per image: (N,H,W) x (N,H,W) -> (N,) in [-1, 1]."""
+    if a.shape != b.shape:
+        raise ValueError(f"maps differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+    ra = _ranks(a).flatten(1).double()
+    rb = _ranks(b).flatten(1).double()
+    ra = ra - ra.mean(dim=1, keepdim=True)
+    rb = rb - rb.mean(dim=1, keepdim=True)
+    return (ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1))
+
+
+def with_steps(protocol: str | Protocol, *, pixels_per_step: int | None = None,
+               steps: int | None = None) -> Protocol:
+    """A copy of a protocol with another step size (e.g. CPU-sized runs of the RISE protocol)."""
+    return replace(_protocol(protocol), name=_protocol(protocol).name + "*",
+                   pixels_per_step=pixels_per_step, steps=steps)

@@ -1,0 +1,287 @@
+"""Image-specific class saliency maps (paper Sect. 3.1) and the later methods the book compares.
+
+The paper's map: w = dS_c/dI at the image (one backward pass, chapter 1's ``input_gradient``), then
+
+* grey image:   M_ij = |w_h(i,j)|
+* colour image: M_ij = max_c |w_h(i,j,c)|                                   (paper, Sect. 3.1)
+
+The maximum over channels is the paper's rule; several libraries' visualisers sum over channels
+instead, which ``reduce="sum"`` reproduces for comparison.
+
+Later methods, each a few lines on the same machinery: SmoothGrad (Smilkov et al. 2017), Integrated
+Gradients (Sundararajan et al. 2017), gradient x input (Shrikumar et al. 2016), Grad-CAM (Selvaraju
+et al. 2017).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .gradients import (
+    Target,
+    _check_image,
+    _check_model_mode,
+    _check_scores,
+    as_module,
+    frozen_parameters,
+    input_gradient,
+    resolve_targets,
+)
+from .models import LoadedModel
+
+__all__ = [
+    "reduce_channels",
+    "saliency_map",
+    "smoothgrad",
+    "integrated_gradients",
+    "gradient_x_input",
+    "grad_cam",
+    "last_conv_layer",
+    "randomized_copy",
+    "parameter_layers",
+]
+
+REDUCTIONS = ("max", "sum", "none")
+
+
+def reduce_channels(w: torch.Tensor, reduce: str = "max") -> torch.Tensor:
+    """|w| reduced over channels: (N,C,H,W) -> (N,H,W) by ``"max"`` (paper) or ``"sum"``.
+
+    ``"none"`` returns |w| per channel, (N,C,H,W). All results are >= 0.
+    """
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"reduce must be one of {REDUCTIONS}, not {reduce!r}")
+    if w.ndim != 4:
+        raise ValueError(f"expected (N,C,H,W), got {tuple(w.shape)}")
+    a = w.abs()
+    if reduce == "max":
+        return a.amax(dim=1)
+    if reduce == "sum":
+        return a.sum(dim=1)
+    return a
+
+
+def saliency_map(
+    model: nn.Module | LoadedModel,
+    image: torch.Tensor,
+    target: Target = None,
+    reduce: str = "max",
+) -> torch.Tensor:
+    """The paper's image-specific class saliency map.
+
+    Parameters
+    ----------
+    model:
+        Eval-mode classifier giving unnormalised scores.
+    image:
+        (N,C,H,W) normalised batch.
+    target:
+        One class for all, one per image, or ``None`` for each image's top-1 class.
+    reduce:
+        ``"max"`` over channels of |w| (the paper's rule, default), ``"sum"``, or ``"none"``.
+
+    Returns
+    -------
+    torch.Tensor
+        (N,H,W) for ``"max"``/``"sum"``, (N,C,H,W) for ``"none"``; non-negative, in the units of
+        dS_c/dI (score per unit of normalised input). One forward and one backward pass.
+    """
+    if reduce not in REDUCTIONS:  # fail before the backward pass
+        raise ValueError(f"reduce must be one of {REDUCTIONS}, not {reduce!r}")
+    return reduce_channels(input_gradient(model, image, target), reduce)
+
+
+def _fixed_targets(model: nn.Module, image: torch.Tensor, target: Target) -> torch.Tensor:
+    """Resolve targets once on the clean image, so noisy or scaled copies keep the same class."""
+    _check_image(image)
+    _check_model_mode(model)
+    with torch.no_grad():
+        scores = model(image)
+    _check_scores(scores)
+    return resolve_targets(target, scores)
+
+
+def smoothgrad(
+    model: nn.Module | LoadedModel,
+    image: torch.Tensor,
+    target: Target = None,
+    *,
+    samples: int = 25,
+    noise: float = 0.15,
+    reduce: str = "max",
+    batch_size: int = 8,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """SmoothGrad: the average of the gradient over noisy copies of the image, then reduced.
+
+    ``noise`` is the Gaussian standard deviation as a fraction of the image's value range
+    (max - min), Smilkov et al.'s recommendation being 0.1-0.2. Gradients are averaged *with* their
+    sign, and the absolute value is taken afterwards by ``reduce`` (as for the paper's map).
+    Returns (N,H,W) (or (N,C,H,W) for ``reduce="none"``).
+    """
+    module = as_module(model)
+    t = _fixed_targets(module, image, target)
+    total = torch.zeros_like(image)
+    span = (image.amax(dim=(1, 2, 3)) - image.amin(dim=(1, 2, 3))).view(-1, 1, 1, 1)
+    sigma = noise * span
+    n = image.shape[0]
+    # noisy copies of every image, processed in batches of about `batch_size`
+    for start in range(0, samples, max(1, batch_size // n)):
+        k = min(max(1, batch_size // n), samples - start)
+        eps = torch.randn((k, *image.shape), generator=generator, device="cpu").to(image.device, image.dtype)
+        noisy = (image[None] + sigma[None] * eps).reshape(k * n, *image.shape[1:])
+        g = input_gradient(module, noisy, t.repeat(k))
+        total += g.reshape(k, *image.shape).sum(dim=0)
+    return reduce_channels(total / samples, reduce)
+
+
+def integrated_gradients(
+    model: nn.Module | LoadedModel,
+    image: torch.Tensor,
+    target: Target = None,
+    *,
+    baseline: torch.Tensor | float = 0.0,
+    steps: int = 32,
+    reduce: str | None = "sum",
+    batch_size: int = 8,
+) -> torch.Tensor:
+    """Integrated Gradients along the straight path from ``baseline`` to ``image``.
+
+    Attribution ``(x - x') * mean_k dS_c/dI (x' + alpha_k (x - x'))`` with the midpoint rule over
+    ``steps`` values of alpha. The default baseline 0 is, in normalised input space, the dataset
+    mean colour. Completeness: the attributions of an image sum to about S_c(x) - S_c(x').
+
+    ``reduce=None`` returns the signed (N,C,H,W) attributions; otherwise their absolute values are
+    reduced over channels (``"sum"`` by default, as IG is usually shown).
+    """
+    module = as_module(model)
+    t = _fixed_targets(module, image, target)
+    base = torch.as_tensor(baseline, dtype=image.dtype, device=image.device).expand_as(image)
+    alphas = (torch.arange(steps, dtype=image.dtype, device=image.device) + 0.5) / steps
+    total = torch.zeros_like(image)
+    n = image.shape[0]
+    per = max(1, batch_size // n)
+    for start in range(0, steps, per):
+        a = alphas[start : start + per].view(-1, 1, 1, 1, 1)
+        path = (base[None] + a * (image - base)[None]).reshape(-1, *image.shape[1:])
+        g = input_gradient(module, path, t.repeat(a.shape[0]))
+        total += g.reshape(a.shape[0], *image.shape).sum(dim=0)
+    attributions = (image - base) * total / steps
+    if reduce is None:
+        return attributions
+    return reduce_channels(attributions, reduce)
+
+
+def gradient_x_input(
+    model: nn.Module | LoadedModel, image: torch.Tensor, target: Target = None, reduce: str = "sum"
+) -> torch.Tensor:
+    """|w * I| reduced over channels (default ``"sum"``): the gradient weighted by the input."""
+    return reduce_channels(input_gradient(model, image, target) * image, reduce)
+
+
+@torch.no_grad()
+def last_conv_layer(model: nn.Module | LoadedModel, image_size: int = 224) -> str:
+    """Name of the last module whose output is a 4-D feature map (the usual Grad-CAM layer).
+
+    Found by tracing one forward pass of a zero image with temporary forward hooks (removed on
+    exit). For EfficientNet-Lite0 this is ``"bn2.act"``, the 1280 x 7 x 7 map after the head's
+    ReLU6.
+    """
+    module = as_module(model)
+    seen: list[str] = []
+
+    def record(name):
+        def hook(mod, args, out):
+            # a spatial map, not the 1x1 output of a global pool
+            if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[-1] * out.shape[-2] > 1:
+                seen.append(name)
+
+        return hook
+
+    handles = [m.register_forward_hook(record(n)) for n, m in module.named_modules()
+               if n and not list(m.children())]
+    try:
+        p = next(module.parameters())
+        module(torch.zeros(1, 3, image_size, image_size, device=p.device, dtype=p.dtype))
+    finally:
+        for h in handles:
+            h.remove()
+    if not seen:
+        raise ValueError("the model produces no 4-D feature map")
+    return seen[-1]
+
+
+def grad_cam(
+    model: nn.Module | LoadedModel,
+    image: torch.Tensor,
+    target: Target = None,
+    layer: str | None = None,
+) -> torch.Tensor:
+    """Grad-CAM: ReLU(sum_k alpha_k A_k), alpha_k the spatial mean of dS_c/dA_k; upsampled.
+
+    ``layer`` names a module of the model (default: :func:`last_conv_layer`). Returns (N,H,W)
+    non-negative maps at the input resolution (bilinear upsampling). The forward hook that reads
+    the feature map is removed on exit, also when the forward or backward pass raises.
+    """
+    module = as_module(model)
+    _check_image(image)
+    _check_model_mode(module)
+    name = layer or last_conv_layer(module, image.shape[-1])
+    try:
+        target_module = module.get_submodule(name)
+    except AttributeError:
+        raise ValueError(f"the model has no module named {name!r}") from None
+    store: dict[str, torch.Tensor] = {}
+
+    def keep(mod, args, out):
+        store["A"] = out
+
+    handle = target_module.register_forward_hook(keep)
+    try:
+        with frozen_parameters(module), torch.enable_grad():
+            x = image.detach().requires_grad_(True)  # makes the graph reach the feature map
+            scores = module(x)
+            _check_scores(scores)
+            t = resolve_targets(target, scores)
+            feats = store["A"]
+            (grads,) = torch.autograd.grad(scores.gather(1, t[:, None]).sum(), feats)
+    finally:
+        handle.remove()
+    alpha = grads.mean(dim=(2, 3), keepdim=True)
+    cam = F.relu((alpha * feats.detach()).sum(dim=1, keepdim=True))
+    cam = F.interpolate(cam, size=image.shape[-2:], mode="bilinear", align_corners=False)
+    return cam[:, 0]
+
+
+def parameter_layers(model: nn.Module | LoadedModel) -> list[str]:
+    """Names of the modules that own parameters directly, in registration (input-to-output) order."""
+    module = as_module(model)
+    return [n for n, m in module.named_modules() if n and any(True for _ in m.parameters(recurse=False))]
+
+
+def randomized_copy(model: nn.Module | LoadedModel, layers: Sequence[str], seed: int = 0) -> nn.Module:
+    """A deep copy of the model with the named modules' parameters re-initialised.
+
+    Used for the model-randomisation sanity check (Adebayo et al. 2018): randomise the top layers,
+    then more and more of them ("cascading"), and see whether the saliency map changes. Each module
+    is reset with its own ``reset_parameters()`` (PyTorch's default initialisation; batch norm goes
+    back to the identity with fresh running statistics) under a private random stream, so the
+    global RNG is untouched. The caller's model is never modified.
+    """
+    module = copy.deepcopy(as_module(model))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for name in layers:
+            m = module.get_submodule(name)
+            if not hasattr(m, "reset_parameters"):
+                raise ValueError(f"module {name!r} ({type(m).__name__}) has no reset_parameters()")
+            m.reset_parameters()
+            if hasattr(m, "reset_running_stats"):
+                m.reset_running_stats()
+    module.eval()
+    return module

@@ -140,10 +140,11 @@ def backprop_rule(model: nn.Module | LoadedModel, rule: str = "guided") -> Itera
     targets = [m for m in module.modules() if isinstance(m, _RECTIFIERS)]
     saved = [(m, m.__dict__.get("forward", None)) for m in targets]
     root_saved = module.__dict__.get("forward", None)
-    original_root_forward = module.forward
     try:
         for m in targets:
             m.forward = _rule_forward(m, rule)
+        # read after the swap: when the root is itself a rectifier, its swapped forward must run
+        original_root_forward = module.forward
         if rule != "gradient":
 
             def watched_forward(self, *args, **kwargs):

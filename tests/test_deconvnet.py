@@ -164,3 +164,14 @@ def test_reconstruct_a_unit():
     with pytest.raises(ValueError, match="no module named"):
         reconstruct(model, x, "nope", channel=0)
     assert all(not m._forward_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("rule", ["gradient", "deconvnet", "guided"])
+def test_rule_on_a_bare_rectifier_module(rule):
+    act = nn.ReLU6(inplace=True)
+    x = X.clone().requires_grad_(True)
+    with backprop_rule(act, rule):
+        (g,) = torch.autograd.grad(act(x), x, G)
+    assert torch.equal(g, relu_backward(X, G, rule, upper=6.0))
+    assert "forward" not in act.__dict__
+    assert torch.equal(x.detach(), X)  # the in-place module did not overwrite its input

@@ -1,0 +1,426 @@
+"""Class model visualisation by gradient ascent (paper Sect. 2, Eq. 1).
+
+    I* = argmax_I  S_c(I) - lambda * ||I||_2^2                                          (Eq. 1)
+
+with the network's weights fixed, S_c the *unnormalised* class score, starting from the zero image
+(in the model's normalised input space, i.e. the dataset mean colour); for display the mean is added
+back (:func:`convvis.deprocess`).
+
+The code is split the way later work (lucent) split it, so each part can change on its own:
+
+* **objectives** (what to maximise), composable: ``ClassScore() - 1e-3 * L2()``;
+* **parametrisations** (how the image is represented): pixels, or a Fourier basis with decorrelated
+  colours;
+* **transforms** (random jitter, scale, rotation applied before each forward pass) and post-step
+  regularisers (blur every k steps);
+* **the loop**: :func:`visualise`, batched over classes, seeded, with a history per step.
+
+The paper gives no value for lambda, the step size, the optimiser or the number of steps: every
+default below is **our choice**, stated where it is set.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .gradients import _check_model_mode, as_module, frozen_parameters
+from .models import LoadedModel
+
+__all__ = [
+    "Context",
+    "Objective",
+    "ClassScore",
+    "ClassProbability",
+    "L2",
+    "TotalVariation",
+    "PixelImage",
+    "FourierImage",
+    "Jitter",
+    "RandomScale",
+    "RandomRotate",
+    "BlurEvery",
+    "History",
+    "Result",
+    "visualise",
+    "paper_preset",
+    "PAPER_LAMBDA",
+    "colour_sqrt_cov",
+]
+
+# Our choices for the paper's configuration (the paper states none of them).
+PAPER_LAMBDA = 1e-3  # weight of the L2 penalty, as in CS231n's exercise for this paper
+PAPER_LR = 2.0  # plain gradient ascent step on normalised pixels (0.5 left some classes at the zero image)
+PAPER_STEPS = 100
+
+
+# ---- objectives ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    """What an objective can look at: the scores (N,K), the image (N,3,H,W), the targets (N,)."""
+
+    scores: torch.Tensor
+    image: torch.Tensor
+    targets: torch.Tensor
+
+
+class Objective:
+    """A per-image quantity to *maximise*, shape (N,). Objectives add, subtract and scale."""
+
+    name = "objective"
+
+    def __call__(self, ctx: Context) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __add__(self, other: Objective) -> Objective:
+        return _Combined([(1.0, self), (1.0, other)])
+
+    def __sub__(self, other: Objective) -> Objective:
+        return _Combined([(1.0, self), (-1.0, other)])
+
+    def __mul__(self, k: float) -> Objective:
+        return _Combined([(float(k), self)])
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> Objective:
+        return _Combined([(-1.0, self)])
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class _Combined(Objective):
+    def __init__(self, terms: list[tuple[float, Objective]]):
+        flat: list[tuple[float, Objective]] = []
+        for w, o in terms:
+            if isinstance(o, _Combined):
+                flat += [(w * w2, o2) for w2, o2 in o.terms]
+            else:
+                flat.append((w, o))
+        self.terms = flat
+        self.name = " ".join(f"{'+' if w >= 0 else '-'} {abs(w):g}*{o.name}" for w, o in flat).lstrip("+ ")
+
+    def __call__(self, ctx: Context) -> torch.Tensor:
+        return sum(w * o(ctx) for w, o in self.terms)
+
+
+class ClassScore(Objective):
+    """S_c(I): the unnormalised score (logit) of each image's target class. The paper's choice."""
+
+    name = "S_c"
+
+    def __call__(self, ctx: Context) -> torch.Tensor:
+        return ctx.scores.gather(1, ctx.targets[:, None])[:, 0]
+
+
+class ClassProbability(Objective):
+    """P_c(I) = softmax(S(I))_c. The paper found optimising it gave poorer visualisations."""
+
+    name = "P_c"
+
+    def __call__(self, ctx: Context) -> torch.Tensor:
+        return ctx.scores.softmax(dim=1).gather(1, ctx.targets[:, None])[:, 0]
+
+
+class L2(Objective):
+    """||I||_2^2 per image, in normalised input space (subtract it, with a weight lambda)."""
+
+    name = "||I||^2"
+
+    def __call__(self, ctx: Context) -> torch.Tensor:
+        return ctx.image.flatten(1).pow(2).sum(dim=1)
+
+
+class TotalVariation(Objective):
+    """Sum of squared differences between neighbouring pixels (subtract it to smooth the image)."""
+
+    name = "TV"
+
+    def __call__(self, ctx: Context) -> torch.Tensor:
+        x = ctx.image
+        dh = (x[..., 1:, :] - x[..., :-1, :]).pow(2).flatten(1).sum(1)
+        dw = (x[..., :, 1:] - x[..., :, :-1]).pow(2).flatten(1).sum(1)
+        return dh + dw
+
+
+# ---- parametrisations ---------------------------------------------------------------------------
+
+
+class PixelImage(nn.Module):
+    """The image is its own parameter, (N,3,H,W), in normalised input space; zero init = mean colour."""
+
+    def __init__(self, n: int, size: int = 224, init_std: float = 0.0, generator=None, device=None):
+        super().__init__()
+        init = torch.zeros(n, 3, size, size)
+        if init_std:
+            init = torch.randn((n, 3, size, size), generator=generator) * init_std
+        self.pixels = nn.Parameter(init.to(device))
+
+    def forward(self) -> torch.Tensor:
+        return self.pixels
+
+
+# Colour decorrelation: the square root of the RGB covariance of natural photos, measured on the
+# book's own sample photos (in [0, 1] units; convvis.class_model.colour_sqrt_cov recomputes it).
+_RGB_SQRT_COV = torch.tensor([
+    [0.2323, 0.1126, 0.0563],
+    [0.1126, 0.1963, 0.0967],
+    [0.0563, 0.0967, 0.2164],
+])
+
+
+class FourierImage(nn.Module):
+    """The image as a 2-D Fourier spectrum per decorrelated colour channel (as in later work).
+
+    Frequencies are scaled by ``1 / max(f, 1/size) ** decay`` so that gradient steps change low
+    frequencies more than high ones (natural images have a 1/f spectrum), and the three channels
+    are mixed by the square root of the photos' RGB covariance, divided by the model's ``std``, so
+    that a step changes colours the way they co-vary in photos. The output is an (N,3,H,W) image in
+    normalised input space; the map from parameters to image is linear, so the L2 penalty of Eq. 1
+    keeps its meaning.
+    """
+
+    def __init__(self, n: int, size: int = 224, std: Sequence[float] = (0.5, 0.5, 0.5), decay: float = 1.0,
+                 device=None):
+        super().__init__()
+        fy = torch.fft.fftfreq(size)[:, None]
+        fx = torch.fft.rfftfreq(size)[None, :]
+        freq = torch.sqrt(fx**2 + fy**2)
+        scale = 1.0 / torch.clamp(freq, min=1.0 / size) ** decay
+        self.register_buffer("scale", (scale / scale.max()).to(device))
+        self.register_buffer("mix", (_RGB_SQRT_COV / torch.tensor(list(std))[:, None]).to(device))
+        self.size = size
+        self.spectrum = nn.Parameter(torch.zeros(n, 3, size, size // 2 + 1, 2, device=device))
+
+    def forward(self) -> torch.Tensor:
+        spec = torch.view_as_complex(self.spectrum) * self.scale
+        decorrelated = torch.fft.irfft2(spec, s=(self.size, self.size), norm="ortho") * self.size / 8
+        return torch.einsum("ij,njhw->nihw", self.mix, decorrelated)
+
+
+# ---- transforms ---------------------------------------------------------------------------------
+
+
+class Jitter:
+    """Roll the image by a random offset of up to ``pixels`` in each direction (per step, per batch)."""
+
+    def __init__(self, pixels: int = 16):
+        self.pixels = pixels
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        dy, dx = (int(v) for v in torch.randint(-self.pixels, self.pixels + 1, (2,), generator=g))
+        return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+
+
+class RandomScale:
+    """Rescale by a random factor in ``scales`` (then crop or pad back to the input size)."""
+
+    def __init__(self, scales: Sequence[float] = (0.95, 1.0, 1.05)):
+        self.scales = list(scales)
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        s = self.scales[int(torch.randint(len(self.scales), (1,), generator=g))]
+        if s == 1.0:
+            return x
+        size = x.shape[-1]
+        y = F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+        new = y.shape[-1]
+        if new >= size:
+            o = (new - size) // 2
+            return y[..., o : o + size, o : o + size]
+        p = size - new
+        return F.pad(y, (p // 2, p - p // 2, p // 2, p - p // 2))
+
+
+class RandomRotate:
+    """Rotate by a random angle (degrees) drawn from ``angles``."""
+
+    def __init__(self, angles: Sequence[float] = (-5, 0, 5)):
+        self.angles = list(angles)
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        a = math.radians(self.angles[int(torch.randint(len(self.angles), (1,), generator=g))])
+        if a == 0:
+            return x
+        theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]],
+                             dtype=x.dtype, device=x.device)
+        grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, align_corners=False, padding_mode="reflection")
+
+
+class BlurEvery:
+    """Every ``every`` steps, blur the pixel parameters with a Gaussian of ``sigma`` (CS231n style).
+
+    A post-step regulariser for :class:`PixelImage` only: it changes the parameters, not the
+    forward pass.
+    """
+
+    def __init__(self, sigma: float = 0.5, every: int = 10):
+        self.sigma, self.every = sigma, every
+
+    def __call__(self, param: nn.Module, step: int) -> None:
+        if not isinstance(param, PixelImage):
+            raise TypeError("BlurEvery works on a PixelImage parametrisation")
+        if (step + 1) % self.every:
+            return
+        r = max(1, int(math.ceil(3 * self.sigma)))
+        ax = torch.arange(-r, r + 1, dtype=param.pixels.dtype, device=param.pixels.device)
+        k = torch.exp(-(ax**2) / (2 * self.sigma**2))
+        k = k / k.sum()
+        with torch.no_grad():
+            x = param.pixels
+            kw, kh = k.view(1, 1, 1, -1).expand(3, 1, 1, -1), k.view(1, 1, -1, 1).expand(3, 1, -1, 1)
+            x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), kw, groups=3)
+            x = F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), kh, groups=3)
+            param.pixels.copy_(x)
+
+
+# ---- the loop -----------------------------------------------------------------------------------
+
+
+@dataclass
+class History:
+    """Per step (rows) and image (columns): objective, score S_c, probability P_c, ||I||_2."""
+
+    objective: list[np.ndarray] = field(default_factory=list)
+    score: list[np.ndarray] = field(default_factory=list)
+    probability: list[np.ndarray] = field(default_factory=list)
+    norm: list[np.ndarray] = field(default_factory=list)
+    other_scores: list[np.ndarray] = field(default_factory=list)  # mean score of the other classes
+
+    def as_arrays(self) -> dict[str, np.ndarray]:
+        return {k: np.stack(v) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class Result:
+    """``image``: (N,3,H,W) in normalised input space (deprocess it for display); ``targets``: (N,)."""
+
+    image: torch.Tensor
+    targets: torch.Tensor
+    history: dict[str, np.ndarray]
+    objective: str
+
+
+def visualise(
+    model: nn.Module | LoadedModel,
+    targets: Sequence[int] | torch.Tensor,
+    objective: Objective | None = None,
+    *,
+    param: nn.Module | None = None,
+    transforms: Sequence[Callable] = (),
+    post_step: Sequence[Callable] = (),
+    steps: int = PAPER_STEPS,
+    lr: float = PAPER_LR,
+    optimizer: str = "sgd",
+    size: int = 224,
+    seed: int = 0,
+    progress: bool = True,
+) -> Result:
+    """Gradient ascent on ``objective`` for one image per target class, all in one batch.
+
+    Parameters
+    ----------
+    model:
+        Eval-mode classifier giving unnormalised scores. Its weights are held fixed (their
+        ``requires_grad`` flags are switched off for the run and restored afterwards).
+    targets:
+        Class index per image to create, (N,).
+    objective:
+        What to maximise, per image; default the paper's ``ClassScore() - PAPER_LAMBDA * L2()``.
+    param:
+        Image parametrisation (default :class:`PixelImage`, zero init as in the paper).
+    transforms:
+        Callables ``(image, generator) -> image`` applied before each forward pass (jitter, ...).
+    post_step:
+        Callables ``(param, step)`` applied after each optimiser step (e.g. :class:`BlurEvery`).
+    steps, lr, optimizer:
+        Number of steps, step size, and ``"sgd"`` (plain gradient ascent) or ``"adam"``.
+    seed:
+        Seeds a private generator for initialisation noise and transforms (the global RNG is untouched).
+    progress:
+        Show a ``tqdm`` progress bar.
+
+    Returns
+    -------
+    Result
+        The final images (N,3,H,W) in normalised space, and a history of the objective, the
+        target score S_c, its softmax probability, the image norm and the mean score of the other
+        classes at every step (arrays of shape (steps, N)).
+    """
+    module = as_module(model)
+    _check_model_mode(module)
+    device = next(module.parameters()).device
+    t = torch.as_tensor(targets, device=device).long().reshape(-1)
+    if t.numel() == 0:
+        raise ValueError("no target classes given")
+    objective = objective if objective is not None else ClassScore() - PAPER_LAMBDA * L2()
+    if not isinstance(objective, Objective):
+        raise TypeError(f"objective must be an Objective, got {type(objective).__name__}")
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    param = param if param is not None else PixelImage(len(t), size, device=device)
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(param.parameters(), lr=lr)
+    elif optimizer == "adam":
+        opt = torch.optim.Adam(param.parameters(), lr=lr)
+    else:
+        raise ValueError(f"optimizer must be 'sgd' or 'adam', not {optimizer!r}")
+    hist = History()
+    from tqdm.auto import tqdm
+
+    with frozen_parameters(module):
+        n_classes = None
+        for step in tqdm(range(steps), disable=not progress, desc="class models", leave=False):
+            image = param()
+            x = image
+            for tr in transforms:
+                x = tr(x, g)
+            scores = module(x.contiguous(memory_format=torch.channels_last))
+            if n_classes is None:
+                n_classes = scores.shape[1]
+                if (t < 0).any() or (t >= n_classes).any():
+                    raise IndexError(f"target classes must lie in 0..{n_classes - 1}, got {t.tolist()}")
+            value = objective(Context(scores, image, t))
+            opt.zero_grad(set_to_none=True)
+            (-value.sum()).backward()  # maximise; only the image parameters require gradients
+            opt.step()
+            for hook in post_step:
+                hook(param, step)
+            with torch.no_grad():
+                s = scores.gather(1, t[:, None])[:, 0]
+                hist.objective.append(value.detach().cpu().numpy())
+                hist.score.append(s.cpu().numpy())
+                hist.probability.append(scores.softmax(1).gather(1, t[:, None])[:, 0].cpu().numpy())
+                hist.norm.append(image.detach().flatten(1).norm(dim=1).cpu().numpy())
+                hist.other_scores.append(((scores.sum(1) - s) / (scores.shape[1] - 1)).cpu().numpy())
+    with torch.no_grad():
+        final = param().detach()
+    return Result(final, t.cpu(), hist.as_arrays(), repr(objective))
+
+
+def paper_preset(lam: float = PAPER_LAMBDA) -> dict:
+    """The paper's configuration as keyword arguments for :func:`visualise`.
+
+    Zero initial image, objective S_c - lambda ||I||^2 on the unnormalised score, no transforms,
+    plain gradient ascent. lambda, the step size and the number of steps are our choices (the paper
+    gives none).
+    """
+    return {"objective": ClassScore() - lam * L2(), "transforms": (), "post_step": (), "optimizer": "sgd",
+            "lr": PAPER_LR, "steps": PAPER_STEPS}
+
+
+def colour_sqrt_cov(photos: Sequence[np.ndarray]) -> np.ndarray:
+    """Square root (symmetric) of the RGB covariance of H x W x 3 photos in [0, 1]."""
+    pix = np.concatenate([p.reshape(-1, 3) for p in photos]).astype(np.float64)
+    cov = np.cov(pix, rowvar=False)
+    vals, vecs = np.linalg.eigh(cov)
+    return (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T

@@ -33,7 +33,7 @@ from .models import (
     load_model,
     predict,
 )
-from .plotting import draw_box, overlay, prediction_title, show_images, signed_to_rgb
+from .plotting import draw_box, overlay, prediction_title, show_images, signed_to_rgb, stretch
 from .runtime import resolve_device, setup
 
 __version__ = "0.1.0"
@@ -66,5 +66,6 @@ __all__ = [
     "setup",
     "show_images",
     "signed_to_rgb",
+    "stretch",
     "to_photo",
 ]

@@ -289,13 +289,17 @@ class BlurEvery:
 
 @dataclass
 class History:
-    """Per step (rows) and image (columns): objective, score S_c, probability P_c, ||I||_2."""
+    """Per step (rows) and image (columns): objective, score S_c, probability P_c, ||I||_2, and
+    two summaries of the competing classes (their mean score, and their log-sum-exp)."""
 
     objective: list[np.ndarray] = field(default_factory=list)
     score: list[np.ndarray] = field(default_factory=list)
     probability: list[np.ndarray] = field(default_factory=list)
     norm: list[np.ndarray] = field(default_factory=list)
     other_scores: list[np.ndarray] = field(default_factory=list)  # mean score of the other classes
+    # log-sum-exp of the other classes' scores: the log of the softmax's competition, so that
+    # log(P_c / (1 - P_c)) = S_c - lse_others
+    lse_others: list[np.ndarray] = field(default_factory=list)
 
     def as_arrays(self) -> dict[str, np.ndarray]:
         return {k: np.stack(v) for k, v in self.__dict__.items()}
@@ -354,8 +358,8 @@ def visualise(
     -------
     Result
         The final images (N,3,H,W) in normalised space, and a history of the objective, the
-        target score S_c, its softmax probability, the image norm and the mean score of the other
-        classes at every step (arrays of shape (steps, N)).
+        target score S_c, its softmax probability, the image norm, and the mean and log-sum-exp of
+        the other classes' scores at every step (arrays of shape (steps, N)).
     """
     module = as_module(model)
     _check_model_mode(module)
@@ -402,6 +406,8 @@ def visualise(
                 hist.probability.append(scores.softmax(1).gather(1, t[:, None])[:, 0].cpu().numpy())
                 hist.norm.append(image.detach().flatten(1).norm(dim=1).cpu().numpy())
                 hist.other_scores.append(((scores.sum(1) - s) / (scores.shape[1] - 1)).cpu().numpy())
+                others = scores.scatter(1, t[:, None], float("-inf"))
+                hist.lse_others.append(torch.logsumexp(others, dim=1).cpu().numpy())
     with torch.no_grad():
         final = param().detach()
     return Result(final, t.cpu(), hist.as_arrays(), repr(objective))

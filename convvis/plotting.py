@@ -7,7 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["show_images", "overlay", "draw_box", "prediction_title", "to_display", "signed_to_rgb"]
+__all__ = [
+    "show_images", "overlay", "draw_box", "prediction_title", "to_display", "signed_to_rgb", "stretch",
+]
 
 
 def to_display(x: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -129,3 +131,17 @@ def signed_to_rgb(w: np.ndarray | torch.Tensor, percentile: float = 99.0) -> np.
     m = float(np.percentile(np.abs(w), percentile))
     out = 0.5 + 0.5 * w / m if m > 0 else np.full_like(w, 0.5)
     return np.clip(out, 0.0, 1.0).transpose(1, 2, 0)
+
+
+def stretch(image: np.ndarray | torch.Tensor, low: float = 1.0, high: float = 99.0) -> np.ndarray:
+    """Contrast-stretch an H x W x 3 (or N x H x W x 3) image for display, per image.
+
+    Values are mapped linearly so that the ``low``-th percentile goes to 0 and the ``high``-th to
+    1, then clipped. Used for class-model images, whose colours stay close to the mean colour.
+    """
+    x = to_display(image) if not (isinstance(image, np.ndarray) and image.ndim == 4) else image
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 4:
+        return np.stack([stretch(v, low, high) for v in x])
+    lo, hi = np.percentile(x, low), np.percentile(x, high)
+    return np.clip((x - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(x)

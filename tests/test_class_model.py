@@ -88,6 +88,9 @@ def test_softmax_objective_can_win_by_lowering_other_scores():
     drop_other = h["other_scores"][0, 0] - h["other_scores"][-1, 0]
     rise_target = h["score"][-1, 0] - h["score"][0, 0]
     assert drop_other > 5 * rise_target > 0
+    # log-odds bookkeeping: log(p / (1 - p)) = S_c - lse_others at every step
+    logit_p = np.log(h["probability"][:, 0] / (1 - h["probability"][:, 0]))
+    np.testing.assert_allclose(logit_p, h["score"][:, 0] - h["lse_others"][:, 0], rtol=1e-4, atol=1e-4)
 
 
 def test_fourier_image_is_linear_and_starts_at_zero():

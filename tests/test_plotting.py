@@ -42,3 +42,11 @@ def test_signed_to_rgb_maps_zero_to_grey_and_sign_to_brightness():
     np.testing.assert_allclose(rgb[0, 0], [1.0, 0.0, 0.5])
     with pytest.raises(ValueError, match=r"\(3,H,W\)"):
         convvis.signed_to_rgb(np.zeros((4, 4)))
+
+
+def test_stretch_maps_percentiles_to_the_unit_interval():
+    x = np.linspace(0.4, 0.6, 300).reshape(10, 10, 3)
+    y = convvis.stretch(x, 0, 100)
+    assert y.min() == 0 and y.max() == pytest.approx(1)
+    assert convvis.stretch(np.stack([x, x])).shape == (2, 10, 10, 3)
+    assert convvis.stretch(np.full((4, 4, 3), 0.5)).max() == 0

@@ -1,0 +1,199 @@
+import numpy as np
+import pytest
+import torch
+
+import convvis
+from convvis.segmentation import (
+    ILSVRCLocalisation,
+    bounding_box,
+    box_iou,
+    fit_colour_model,
+    graph_cut,
+    imagenet_wnids,
+    largest_component,
+    localisation_correct,
+    pairwise_weights,
+    read_ilsvrc_boxes,
+    seeds_from_saliency,
+    segment,
+)
+
+
+def disk_scene(size=64, centre=(30, 36), radius=14, seed=0):
+    """A noisy red disk on a noisy green-grey background, and its true mask."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    mask = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
+    photo = np.empty((size, size, 3))
+    photo[...] = [0.35, 0.55, 0.35]
+    photo[mask] = [0.8, 0.2, 0.15]
+    photo += rng.normal(0, 0.04, photo.shape)
+    return np.clip(photo, 0, 1), mask
+
+
+def iou(a, b):
+    return (a & b).sum() / (a | b).sum()
+
+
+def test_seeds_from_quantiles_on_a_hand_made_map():
+    s = np.arange(100, dtype=float).reshape(10, 10)
+    fg, bg = seeds_from_saliency(s, 0.95, 0.30)
+    assert fg.sum() == 5 and s[fg].min() == 95  # the top 5 %
+    assert bg.sum() == 30 and s[bg].max() == 29  # the bottom 30 %
+    assert not (fg & bg).any()
+    # many ties (a map that is zero almost everywhere) still gives seed sets of the intended sizes
+    t = np.zeros((10, 10))
+    t[0, :3] = 1.0
+    fg, bg = seeds_from_saliency(t, 0.95, 0.30)
+    assert fg.sum() == 5 and t[fg].sum() == 3 and bg.sum() == 30 and t[bg].sum() == 0
+
+
+def test_degenerate_saliency_is_refused():
+    with pytest.raises(ValueError, match="constant"):
+        seeds_from_saliency(np.zeros((8, 8)))
+    with pytest.raises(ValueError, match="NaN"):
+        seeds_from_saliency(np.full((8, 8), np.nan))
+    with pytest.raises(ValueError, match="bg_quantile < fg_quantile"):
+        seeds_from_saliency(np.random.rand(8, 8), 0.3, 0.5)
+    with pytest.raises(ValueError, match=r"\(H,W\)"):
+        seeds_from_saliency(np.random.rand(2, 8, 8))
+
+
+def test_too_few_seed_pixels():
+    with pytest.raises(ValueError, match="too few"):
+        fit_colour_model(np.array([[0.1, 0.2, 0.3]]))
+    # 6 pixels, 5 components asked: falls back to 3 components (documented)
+    m = fit_colour_model(np.random.default_rng(0).random((6, 3)), components=5)
+    assert len(m.weights) == 3
+
+
+def test_colour_model_likelihood_matches_scipy():
+    from scipy.stats import multivariate_normal
+
+    rng = np.random.default_rng(0)
+    colours = np.concatenate([rng.normal([0.2, 0.3, 0.4], 0.05, (300, 3)),
+                              rng.normal([0.8, 0.1, 0.1], 0.05, (300, 3))])
+    m = fit_colour_model(colours, components=2, max_samples=None, max_iter=100)
+    x = rng.random((10, 3))
+    parts = zip(m.weights, m.means, m.covariances)
+    ref = -np.log(sum(w * multivariate_normal(mu, c).pdf(x) for w, mu, c in parts))
+    np.testing.assert_allclose(m.neg_log_likelihood(x), ref, rtol=1e-8)
+
+
+def test_graph_cut_by_hand_on_a_tiny_grid():
+    # 1 x 3 pixels: unaries prefer [fg, bg, fg]; strong smoothing flips the middle one
+    cost_fg = np.array([[0.0, 1.0, 0.0]])
+    cost_bg = np.array([[5.0, 0.0, 5.0]])
+    weak = [np.full((1, 3), 0.1)] + [np.zeros((1, 3))] * 3
+    strong = [np.full((1, 3), 10.0)] + [np.zeros((1, 3))] * 3
+    assert graph_cut(cost_fg, cost_bg, weak).tolist() == [[True, False, True]]
+    assert graph_cut(cost_fg, cost_bg, strong).tolist() == [[True, True, True]]
+    # a hard background seed wins over any unary
+    seed_bg = np.array([[True, False, False]])
+    assert graph_cut(cost_fg, cost_bg, weak, bg_seeds=seed_bg).tolist() == [[False, False, True]]
+
+
+def test_pairwise_weights_beta_and_borders():
+    photo = np.zeros((4, 5, 3))
+    photo[:, 2:] = 1.0  # a vertical edge between columns 1 and 2
+    (right, down, diag, anti), beta = pairwise_weights(photo, gamma=1.0)
+    assert right[:, -1].sum() == 0 and down[-1].sum() == 0  # no edges out of the image
+    assert anti[:, 0].sum() == 0 and diag[:, -1].sum() == 0
+    assert right[0, 1] < right[0, 0] == pytest.approx(1.0)  # the edge crossing the boundary is cheap
+    assert diag[0, 0] == pytest.approx(1 / np.sqrt(2))  # diagonal edges weigh 1/dist
+    assert beta > 0
+
+
+def test_segmentation_recovers_a_known_object_from_a_partial_seed():
+    photo, truth = disk_scene()
+    saliency = np.zeros(truth.shape)
+    saliency[22:38, 28:44] = 1.0  # only the disk's centre is "salient" (6 % of the image)
+    saliency += np.random.default_rng(1).random(truth.shape) * 1e-3
+    seg = segment(photo, saliency)
+    assert iou(seg.object_mask, truth) > 0.9
+    tb = bounding_box(truth)
+    assert box_iou(seg.box, tb) > 0.85
+    assert set(seg.timings) >= {"seeds", "colour_models", "energy", "graph_cut", "component_and_box"}
+    # hard background seeds: the bottom 30 % of this map includes random pixels inside the disk,
+    # which then cannot be foreground; the default (hard foreground seeds only) avoids that
+    both = segment(photo, saliency, hard_seeds="both")
+    assert (both.bg_seeds & truth).sum() > 50 and iou(both.object_mask, truth) < 0.8
+    with pytest.raises(ValueError, match="hard_seeds"):
+        segment(photo, saliency, hard_seeds="all")
+
+
+def test_iterating_does_not_hurt_on_the_easy_scene():
+    photo, truth = disk_scene(seed=3)
+    saliency = np.zeros(truth.shape)
+    saliency[23:38, 29:44] = 1.0
+    one = segment(photo, saliency)
+    three = segment(photo, saliency, iterations=2)
+    assert iou(three.object_mask, truth) >= iou(one.object_mask, truth) - 0.02
+
+
+def test_largest_component_and_box_on_hand_made_masks():
+    m = np.zeros((6, 8), dtype=bool)
+    m[0:2, 0:2] = True  # 4 pixels
+    m[3:6, 4:7] = True  # 9 pixels
+    lcc = largest_component(m)
+    assert lcc.sum() == 9 and lcc[3:6, 4:7].all()
+    assert bounding_box(lcc) == (4, 3, 7, 6)
+    assert bounding_box(np.zeros((3, 3), bool)) is None
+    assert not largest_component(np.zeros((3, 3), bool)).any()
+    diag = np.eye(4, dtype=bool)  # 8-connected: one component
+    assert largest_component(diag).sum() == 4
+
+
+def test_box_iou_and_the_localisation_criterion():
+    assert box_iou([0, 0, 10, 10], [0, 0, 10, 10]) == 1.0
+    assert box_iou([0, 0, 10, 10], [5, 0, 15, 10]) == pytest.approx(50 / 150)
+    assert box_iou([0, 0, 1, 1], [2, 2, 3, 3]) == 0.0
+    gt = [([281, 282], [0, 0, 10, 10])]
+    assert localisation_correct([(282, [0, 0, 9, 10])], gt)
+    assert not localisation_correct([(999, [0, 0, 10, 10])], gt)  # wrong class
+    assert not localisation_correct([(281, [5, 0, 15, 10])], gt)  # IoU 1/3 < 0.5
+    assert localisation_correct([(1, [0, 0, 10, 10]), (281, [0, 0, 10, 10])], gt)  # top-5 style
+    assert not localisation_correct([(281, None)], gt)
+
+
+def test_localise_runs_the_batch_pipeline(net):
+    x = convvis.load_images(["squirrel", "orange"], net)
+    segs = convvis.segmentation.localise(net, x, [335, 950])
+    assert len(segs) == 2 and all(s.mask.shape == (224, 224) for s in segs)
+    assert all(s.box is not None for s in segs)
+
+
+def write_fixture(root, wnid="n01440764"):
+    """A tiny ILSVRC-format validation set: two images and their XML, written here."""
+    from PIL import Image
+
+    (root / "img").mkdir()
+    (root / "xml").mkdir()
+    for k, (w, h) in enumerate([(300, 200), (256, 256)]):
+        name = f"ILSVRC2012_val_{k + 1:08d}"
+        Image.fromarray(np.full((h, w, 3), 120, np.uint8)).save(root / "img" / f"{name}.JPEG")
+        (root / "xml" / f"{name}.xml").write_text(
+            f"<annotation><folder>val</folder><filename>{name}</filename>"
+            f"<size><width>{w}</width><height>{h}</height><depth>3</depth></size>"
+            f"<object><name>{wnid}</name><bndbox><xmin>11</xmin><ymin>21</ymin>"
+            f"<xmax>110</xmax><ymax>120</ymax></bndbox></object></annotation>"
+        )
+
+
+def test_ilsvrc_reader_and_dataset(tmp_path, net):
+    write_fixture(tmp_path)
+    rec = read_ilsvrc_boxes(tmp_path / "xml" / "ILSVRC2012_val_00000001.xml")
+    assert rec["width"] == 300 and rec["objects"] == [("n01440764", [10.0, 20.0, 110.0, 120.0])]
+    assert imagenet_wnids()[0] == "n01440764" and len(imagenet_wnids()) == 1000
+    ds = ILSVRCLocalisation(tmp_path / "img", tmp_path / "xml", net)
+    assert len(ds) == 2
+    img, i = ds[0]
+    assert img.shape == (3, 224, 224) and i == 0
+    ((classes, box),) = ds.objects(0)
+    assert classes == [0]
+    assert box == pytest.approx(convvis.box_to_input([10, 20, 110, 120], (200, 300), net))
+    loader = torch.utils.data.DataLoader(ds, batch_size=2)
+    batch, idx = next(iter(loader))
+    assert batch.shape == (2, 3, 224, 224) and idx.tolist() == [0, 1]
+    with pytest.raises(FileNotFoundError, match="no annotation folder"):
+        ILSVRCLocalisation(tmp_path / "img", tmp_path / "missing", net)

@@ -51,6 +51,9 @@ __all__ = [
     "read_ilsvrc_boxes",
     "ILSVRCLocalisation",
     "imagenet_wnids",
+    "threshold_box",
+    "centre_box",
+    "grabcut_mask",
 ]
 
 _NEIGHBOURS = ((0, 1), (1, 0), (1, 1), (1, -1))  # right, down, down-right, down-left
@@ -369,6 +372,40 @@ def localisation_correct(
             if cls in classes and box_iou(box, gt) >= iou_threshold:
                 return True
     return False
+
+
+# ---- baselines -----------------------------------------------------------------------------------
+
+
+def threshold_box(saliency: np.ndarray | torch.Tensor, quantile: float = 0.95):
+    """Thresholded saliency alone (no graph cut): box around the largest component above ``quantile``."""
+    fg, _ = seeds_from_saliency(saliency, quantile, min(0.30, quantile / 2))
+    return bounding_box(largest_component(fg))
+
+
+def centre_box(size: int, fraction: float = 0.8) -> tuple[float, float, float, float]:
+    """A fixed central box covering ``fraction`` of each side of a ``size`` x ``size`` image."""
+    m = size * (1 - fraction) / 2
+    return (m, m, size - m, size - m)
+
+
+def grabcut_mask(photo: np.ndarray, saliency: np.ndarray | torch.Tensor, iterations: int = 1,
+                 fg_quantile: float = 0.95, bg_quantile: float = 0.30) -> np.ndarray:
+    """OpenCV's GrabCut seeded like :func:`segment`: foreground seeds fixed, the rest "probably background".
+
+    The top-quantile pixels are definite foreground (as in our default), every other pixel starts as
+    probable background. Needs ``opencv-python-headless``. Returns the (H,W) bool foreground.
+    """
+    import cv2
+
+    photo = _check_photo(photo)
+    fg, _ = seeds_from_saliency(saliency, fg_quantile, bg_quantile)
+    mask = np.full(fg.shape, cv2.GC_PR_BGD, np.uint8)
+    mask[fg] = cv2.GC_FGD
+    bgr = np.ascontiguousarray((np.clip(photo, 0, 1) * 255).astype(np.uint8)[..., ::-1])
+    bgd, fgd = np.zeros((1, 65)), np.zeros((1, 65))
+    cv2.grabCut(bgr, mask, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
+    return (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
 
 
 # ---- the ILSVRC localisation format -------------------------------------------------------------

@@ -7,7 +7,9 @@ from convvis.segmentation import (
     ILSVRCLocalisation,
     bounding_box,
     box_iou,
+    centre_box,
     fit_colour_model,
+    grabcut_mask,
     graph_cut,
     imagenet_wnids,
     largest_component,
@@ -16,6 +18,7 @@ from convvis.segmentation import (
     read_ilsvrc_boxes,
     seeds_from_saliency,
     segment,
+    threshold_box,
 )
 
 
@@ -197,3 +200,15 @@ def test_ilsvrc_reader_and_dataset(tmp_path, net):
     assert batch.shape == (2, 3, 224, 224) and idx.tolist() == [0, 1]
     with pytest.raises(FileNotFoundError, match="no annotation folder"):
         ILSVRCLocalisation(tmp_path / "img", tmp_path / "missing", net)
+
+
+def test_baselines_on_the_disk_scene():
+    photo, truth = disk_scene()
+    saliency = np.zeros(truth.shape)
+    saliency[22:38, 28:44] = 1.0
+    saliency += np.random.default_rng(1).random(truth.shape) * 1e-3
+    assert centre_box(100, 0.8) == pytest.approx((10.0, 10.0, 90.0, 90.0))
+    tb = threshold_box(saliency)
+    assert tb is not None and box_iou(tb, (28, 22, 44, 38)) > 0.5  # the salient block, not the disk
+    pytest.importorskip("cv2")
+    assert iou(grabcut_mask(photo, saliency), truth) > 0.9

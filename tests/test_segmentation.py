@@ -112,14 +112,14 @@ def test_segmentation_recovers_a_known_object_from_a_partial_seed():
     saliency = np.zeros(truth.shape)
     saliency[22:38, 28:44] = 1.0  # only the disk's centre is "salient" (6 % of the image)
     saliency += np.random.default_rng(1).random(truth.shape) * 1e-3
-    seg = segment(photo, saliency)
+    seg = segment(photo, saliency, hard_seeds="foreground")
     assert iou(seg.object_mask, truth) > 0.9
     tb = bounding_box(truth)
     assert box_iou(seg.box, tb) > 0.85
     assert set(seg.timings) >= {"seeds", "colour_models", "energy", "graph_cut", "component_and_box"}
-    # hard background seeds: the bottom 30 % of this map includes random pixels inside the disk,
-    # which then cannot be foreground; the default (hard foreground seeds only) avoids that
-    both = segment(photo, saliency, hard_seeds="both")
+    # hard background seeds (the default): the bottom 30 % of this map includes random pixels
+    # inside the disk, which then cannot be foreground -- the documented failure mode
+    both = segment(photo, saliency)
     assert (both.bg_seeds & truth).sum() > 50 and iou(both.object_mask, truth) < 0.8
     with pytest.raises(ValueError, match="hard_seeds"):
         segment(photo, saliency, hard_seeds="all")
@@ -129,8 +129,8 @@ def test_iterating_does_not_hurt_on_the_easy_scene():
     photo, truth = disk_scene(seed=3)
     saliency = np.zeros(truth.shape)
     saliency[23:38, 29:44] = 1.0
-    one = segment(photo, saliency)
-    three = segment(photo, saliency, iterations=2)
+    one = segment(photo, saliency, hard_seeds="foreground")
+    three = segment(photo, saliency, hard_seeds="foreground", iterations=2)
     assert iou(three.object_mask, truth) >= iou(one.object_mask, truth) - 0.02
 
 
@@ -211,4 +211,15 @@ def test_baselines_on_the_disk_scene():
     tb = threshold_box(saliency)
     assert tb is not None and box_iou(tb, (28, 22, 44, 38)) > 0.5  # the salient block, not the disk
     pytest.importorskip("cv2")
-    assert iou(grabcut_mask(photo, saliency), truth) > 0.9
+    assert iou(grabcut_mask(photo, saliency, hard_seeds="foreground"), truth) > 0.9
+
+
+def test_smoothing_the_map_turns_scattered_seeds_into_a_blob():
+    photo, truth = disk_scene()
+    rng = np.random.default_rng(0)
+    saliency = rng.random(truth.shape)
+    saliency[truth] += rng.random(truth.sum()) * 0.4  # speckled, only slightly higher on the disk
+    raw = seeds_from_saliency(saliency)[0]
+    smooth = segment(photo, saliency, smooth=3.0).fg_seeds
+    purity = lambda m: (m & truth).sum() / m.sum()  # noqa: E731
+    assert purity(raw) < 0.7 and purity(smooth) > 0.95

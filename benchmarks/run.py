@@ -204,9 +204,83 @@ def bench_deletion(net, device, args) -> dict:
     return out
 
 
+def _class_model_at(net, targets, steps, device, args) -> dict:
+    from convvis.class_model import paper_preset, visualise
+
+    x = torch.zeros(len(targets), 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
+    t = torch.tensor(targets, device=device)
+
+    def ours():
+        visualise(net, targets, **{**paper_preset(), "steps": steps}, progress=False)
+
+    def floor():
+        for _ in range(steps):
+            forward_backward(net.model, x, t)
+
+    r = measure({"ours": ours, "floor": floor}, device, max(2, args.repeats // 2))
+    r["steps"] = steps
+    r["ratio_step_to_forward_backward"] = ratio(r["ours"], r["floor"])
+    return r
+
+
+def bench_class_model(net, device, args) -> dict:
+    """One class-model step (pixels, paper preset) against one forward+backward of the same batch."""
+    steps = 5 if args.quick else 10
+    out = {}
+    for bs in args.batch_sizes:
+        targets = list(range(0, 1000, 1000 // bs))[:bs]
+        r = out[f"batch_{bs}"] = _class_model_at(net, targets, steps, device, args)
+        print(f"  class model, batch {bs:3d}: time per step / forward+backward "
+              f"{r['ratio_step_to_forward_backward']:.2f}", flush=True)
+    return out
+
+
+def bench_segmentation(net, device, args) -> dict:
+    """The graph-cut pipeline per 224 x 224 photo, by stage, against OpenCV's GrabCut (1 iteration)."""
+    from convvis.segmentation import grabcut_mask, segment
+
+    photos_names = convvis.sample_names()[: (4 if args.quick else 17)]
+    x, t = _batch(net, photos_names, len(photos_names))
+    maps = saliency_map(net, x, t).cpu().numpy()
+    photos = convvis.deprocess(x, net)
+    stages: dict[str, list[float]] = {}
+    ious = []
+    fns = {}
+    for i in range(len(photos_names)):
+        fns[f"ours_{i}"] = lambda i=i: segment(photos[i], maps[i])
+        fns[f"grabcut_{i}"] = lambda i=i: grabcut_mask(photos[i], maps[i], iterations=1)
+    r = measure(fns, device, max(2, args.repeats // 2))
+    for i in range(len(photos_names)):
+        seg = segment(photos[i], maps[i])
+        for k, v in seg.timings.items():
+            stages.setdefault(k, []).append(v)
+        slow = segment(photos[i], maps[i], max_samples=None, max_iter=200)  # the unhurried fit
+        inter = (seg.mask & slow.mask).sum()
+        union = (seg.mask | slow.mask).sum()
+        ious.append(float(inter / union) if union else 1.0)
+    ours = statistics.median(r[f"ours_{i}"]["median"] for i in range(len(photos_names)))
+    grab = statistics.median(r[f"grabcut_{i}"]["median"] for i in range(len(photos_names)))
+    out = {
+        "photos": len(photos_names),
+        "median_seconds_ours": ours,
+        "median_seconds_grabcut_1_iteration": grab,
+        "ratio_to_grabcut": ours / grab,
+        "stage_median_seconds": {k: statistics.median(v) for k, v in stages.items()},
+        "mask_iou_vs_unhurried": {"min": min(ious), "median": statistics.median(ious)},
+        "timings": r,
+    }
+    st = ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in out["stage_median_seconds"].items())
+    print(f"  segmentation: ours / GrabCut (1 iteration) {out['ratio_to_grabcut']:.2f} per photo; "
+          f"stages: {st}; mask IoU vs unhurried fit: min {min(ious):.3f}, "
+          f"median {statistics.median(ious):.3f}", flush=True)
+    return out
+
+
 BENCHMARKS: dict[str, Callable] = {
     "saliency": bench_saliency,
     "deletion": bench_deletion,
+    "class_model": bench_class_model,
+    "segmentation": bench_segmentation,
 }
 
 

@@ -282,6 +282,7 @@ def segment(
     hard_seeds: str = "both",
     smooth: float = 0.0,
     max_samples: int | None = 2000,
+    max_iter: int = 20,
     seed: int = 0,
 ) -> Segmentation:
     """The paper's pipeline on one photo: seeds, colour models, graph cut, largest component, box.
@@ -316,8 +317,8 @@ def segment(
     fg, bg = seeds_from_saliency(sal, fg_quantile, bg_quantile)
     t["seeds"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    fg_model = fit_colour_model(photo[fg], components, max_samples=max_samples, seed=seed)
-    bg_model = fit_colour_model(photo[bg], components, max_samples=max_samples, seed=seed)
+    fg_model = fit_colour_model(photo[fg], components, max_samples=max_samples, max_iter=max_iter, seed=seed)
+    bg_model = fit_colour_model(photo[bg], components, max_samples=max_samples, max_iter=max_iter, seed=seed)
     t["colour_models"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     weights, _ = pairwise_weights(photo, gamma)

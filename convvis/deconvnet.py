@@ -29,7 +29,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .gradients import Target, _check_image, _check_model_mode, as_module, frozen_parameters, resolve_targets
+from .gradients import (
+    Target,
+    _check_image,
+    _check_model_mode,
+    as_module,
+    capture_output,
+    frozen_parameters,
+    resolve_targets,
+)
 from .models import LoadedModel
 
 __all__ = [
@@ -222,39 +230,23 @@ def reconstruct(
     module = as_module(model)
     _check_image(image)
     _check_model_mode(module)
-    try:
-        target_module = module.get_submodule(layer)
-    except AttributeError:
-        raise ValueError(f"the model has no module named {layer!r}") from None
-    store: dict[str, torch.Tensor] = {}
-
-    def keep(mod, args, out):
-        store["A"] = out
-
-    handle = target_module.register_forward_hook(keep)
-    try:
-        with backprop_rule(module, rule), frozen_parameters(module), torch.enable_grad():
-            x = image.detach().requires_grad_(True)
-            module(x)
-            a = store["A"]
-            if a.ndim != 4:
-                raise ValueError(
-                    f"layer {layer!r} outputs shape {tuple(a.shape)}, not a (N,C,h,w) feature map"
-                )
-            if not 0 <= channel < a.shape[1]:
-                raise IndexError(
-                    f"channel {channel} is out of range: layer {layer!r} has {a.shape[1]} channels"
-                )
-            fmap = a[:, channel]
-            if unit == "all":
-                selected = fmap.sum()
-            elif unit == "max":
-                flat = fmap.flatten(1)
-                selected = flat.gather(1, flat.argmax(dim=1, keepdim=True)).sum()
-            else:
-                i, j = unit
-                selected = fmap[:, i, j].sum()
-            (g,) = torch.autograd.grad(selected, x)
-    finally:
-        handle.remove()
+    with capture_output(module, layer) as store, backprop_rule(module, rule), frozen_parameters(module), \
+            torch.enable_grad():
+        x = image.detach().requires_grad_(True)
+        module(x)
+        a = store["output"]
+        if a.ndim != 4:
+            raise ValueError(f"layer {layer!r} outputs shape {tuple(a.shape)}, not a (N,C,h,w) feature map")
+        if not 0 <= channel < a.shape[1]:
+            raise IndexError(f"channel {channel} is out of range: layer {layer!r} has {a.shape[1]} channels")
+        fmap = a[:, channel]
+        if unit == "all":
+            selected = fmap.sum()
+        elif unit == "max":
+            flat = fmap.flatten(1)
+            selected = flat.gather(1, flat.argmax(dim=1, keepdim=True)).sum()
+        else:
+            i, j = unit
+            selected = fmap[:, i, j].sum()
+        (g,) = torch.autograd.grad(selected, x)
     return g

@@ -34,6 +34,7 @@ __all__ = [
     "taylor_curve",
     "rectifier_states",
     "first_region_boundary",
+    "capture_output",
 ]
 
 Target = int | Sequence[int] | torch.Tensor | None
@@ -65,6 +66,30 @@ def frozen_parameters(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for p, f in zip(params, flags):
             p.requires_grad_(f)
+
+
+@contextlib.contextmanager
+def capture_output(model: nn.Module, layer: str) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the output of ``model.get_submodule(layer)`` while the block runs.
+
+    Yields a dict whose ``"output"`` entry holds the layer's latest output (with its autograd
+    history, so gradients can be taken with respect to it). The forward hook is removed on exit,
+    also when the body raises. An unknown layer name raises ``ValueError``.
+    """
+    try:
+        target = model.get_submodule(layer)
+    except AttributeError:
+        raise ValueError(f"the model has no module named {layer!r}") from None
+    store: dict[str, torch.Tensor] = {}
+
+    def keep(mod, args, out):
+        store["output"] = out
+
+    handle = target.register_forward_hook(keep)
+    try:
+        yield store
+    finally:
+        handle.remove()
 
 
 def _check_image(image: torch.Tensor) -> None:

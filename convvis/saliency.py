@@ -28,6 +28,7 @@ from .gradients import (
     _check_model_mode,
     _check_scores,
     as_module,
+    capture_output,
     frozen_parameters,
     input_gradient,
     resolve_targets,
@@ -232,26 +233,13 @@ def grad_cam(
     _check_image(image)
     _check_model_mode(module)
     name = layer or last_conv_layer(module, image.shape[-1])
-    try:
-        target_module = module.get_submodule(name)
-    except AttributeError:
-        raise ValueError(f"the model has no module named {name!r}") from None
-    store: dict[str, torch.Tensor] = {}
-
-    def keep(mod, args, out):
-        store["A"] = out
-
-    handle = target_module.register_forward_hook(keep)
-    try:
-        with frozen_parameters(module), torch.enable_grad():
-            x = image.detach().requires_grad_(True)  # makes the graph reach the feature map
-            scores = module(x)
-            _check_scores(scores)
-            t = resolve_targets(target, scores)
-            feats = store["A"]
-            (grads,) = torch.autograd.grad(scores.gather(1, t[:, None]).sum(), feats)
-    finally:
-        handle.remove()
+    with capture_output(module, name) as store, frozen_parameters(module), torch.enable_grad():
+        x = image.detach().requires_grad_(True)  # makes the graph reach the feature map
+        scores = module(x)
+        _check_scores(scores)
+        t = resolve_targets(target, scores)
+        feats = store["output"]
+        (grads,) = torch.autograd.grad(scores.gather(1, t[:, None]).sum(), feats)
     alpha = grads.mean(dim=(2, 3), keepdim=True)
     cam = F.relu((alpha * feats.detach()).sum(dim=1, keepdim=True))
     cam = F.interpolate(cam, size=image.shape[-2:], mode="bilinear", align_corners=False)

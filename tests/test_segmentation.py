@@ -81,6 +81,83 @@ def test_colour_model_likelihood_matches_scipy():
     parts = zip(m.weights, m.means, m.covariances)
     ref = -np.log(sum(w * multivariate_normal(mu, c).pdf(x) for w, mu, c in parts))
     np.testing.assert_allclose(m.neg_log_likelihood(x), ref, rtol=1e-8)
+    # the unaries of the cut are the same numbers, computed only where asked
+    from convvis.segmentation import _unaries
+
+    photo = rng.random((4, 5, 3))
+    where = rng.random((4, 5)) > 0.3
+    fg_cost, bg_cost = _unaries(photo, m, m, where)
+    np.testing.assert_allclose(fg_cost[where], m.neg_log_likelihood(photo)[where], rtol=1e-8)
+    assert (bg_cost[~where] == 0).all()
+
+
+def test_em_never_lowers_the_likelihood_and_agrees_with_scikit_learn():
+    sklearn = pytest.importorskip("sklearn.mixture")
+    rng = np.random.default_rng(2)
+    true_means = np.array([[0.2, 0.3, 0.4], [0.8, 0.1, 0.1], [0.5, 0.9, 0.6]])
+    colours = np.concatenate([rng.normal(mu, 0.04, (400, 3)) for mu in true_means])
+    m = fit_colour_model(colours, components=3, max_samples=None, max_iter=200, tol=1e-9)
+    order = np.argsort(m.means[:, 0])
+    np.testing.assert_allclose(m.means[order], true_means[np.argsort(true_means[:, 0])], atol=0.01)
+    np.testing.assert_allclose(m.weights, 1 / 3, atol=1e-3)
+    # overlapping clusters: EM needs many iterations, each of which must not lower the likelihood
+    colours = np.concatenate([rng.normal(mu, 0.15, (400, 3)) for mu in true_means])
+    m = fit_colour_model(colours, components=3, max_samples=None, max_iter=500, tol=1e-10)
+    assert len(m.history) > 10 and np.all(np.diff(m.history) >= -1e-12)
+    ref = sklearn.GaussianMixture(3, covariance_type="full", reg_covar=1e-4, max_iter=500, tol=1e-10,
+                                  random_state=0)
+    ref.fit(colours)
+    ours_ll = -m.neg_log_likelihood(colours).mean()
+    assert ours_ll == pytest.approx(ref.score(colours), abs=1e-4)
+    # the default, hurried fit (1000 samples, 10 iterations) on a 5-component problem is close too
+    quick = fit_colour_model(colours)
+    assert -quick.neg_log_likelihood(colours).mean() > ours_ll - 0.05
+    with pytest.raises(ValueError, match="NaN"):
+        fit_colour_model(np.full((10, 3), np.nan))
+
+
+def energy(labels, cost_fg, cost_bg, weights):
+    """E(L) written out: unaries plus the weight of every 8-neighbour edge whose ends differ."""
+    from convvis.segmentation import _NEIGHBOURS
+
+    e = np.where(labels, cost_fg, cost_bg).sum()
+    h, w = labels.shape
+    for (dy, dx), wt in zip(_NEIGHBOURS, weights):
+        for y in range(h):
+            for x in range(w):
+                if 0 <= y + dy < h and 0 <= x + dx < w and labels[y, x] != labels[y + dy, x + dx]:
+                    e += wt[y, x]
+    return e
+
+
+def test_graph_cut_without_seed_nodes_is_the_minimum_of_the_full_graph():
+    import maxflow
+
+    rng = np.random.default_rng(5)
+    for _ in range(5):
+        h, w = 12, 15
+        cost_fg, cost_bg = rng.random((h, w)) * 4, rng.random((h, w)) * 4
+        weights, _ = pairwise_weights(rng.random((h, w, 3)), gamma=rng.uniform(0.5, 3))
+        seeds = rng.random((h, w))
+        fg, bg = seeds > 0.85, seeds < 0.2
+        ours = graph_cut(cost_fg, cost_bg, weights, fg, bg)
+        assert ours[fg].all() and not ours[bg].any()
+        # reference: every pixel a node, seeds held by huge terminal capacities
+        g = maxflow.Graph[float]()
+        nodes = g.add_grid_nodes((h, w))
+        from convvis.segmentation import _NEIGHBOURS
+
+        for (dy, dx), wt in zip(_NEIGHBOURS, weights):
+            st = np.zeros((3, 3))
+            st[1 + dy, 1 + dx] = 1
+            g.add_grid_edges(nodes, weights=wt, structure=st, symmetric=True)
+        g.add_grid_tedges(nodes, np.where(bg, 1e9, cost_fg), np.where(fg, 1e9, cost_bg))
+        g.maxflow()
+        ref = g.get_grid_segments(nodes)
+        e_ours, e_ref = (energy(m, cost_fg, cost_bg, weights) for m in (ours, ref))
+        assert e_ours == pytest.approx(e_ref)
+    with pytest.raises(ValueError, match="both foreground and background"):
+        graph_cut(cost_fg, cost_bg, weights, fg, fg)
 
 
 def test_graph_cut_by_hand_on_a_tiny_grid():

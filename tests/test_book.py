@@ -66,3 +66,19 @@ def test_chapter_calls_setup_and_has_a_parameter_cell(nb):
     src = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
     assert "convvis.setup(" in src
     assert any("parameters" in c["metadata"].get("tags", []) for c in cells), f"{nb.name}: no parameters cell"
+
+
+def test_pages_workflow_builds_tests_and_publishes_the_book():
+    wf = yaml.safe_load((ROOT / ".github" / "workflows" / "book.yml").read_text())
+    steps = wf["jobs"]["build"]["steps"]
+    runs = " ".join(s.get("run", "") for s in steps)
+    assert "pip install -r requirements.txt && jupyter-book build ." in runs  # README command 1
+    assert "pytest" in runs and "-W -n" in runs
+    upload = next(s for s in steps if s.get("uses", "").startswith("actions/upload-pages-artifact"))
+    assert upload["with"]["path"] == "_build/html"
+    deploy = wf["jobs"]["deploy"]
+    assert deploy["needs"] == "build" and deploy["permissions"] == {"pages": "write", "id-token": "write"}
+    assert any(s.get("uses", "").startswith("actions/deploy-pages") for s in deploy["steps"])
+    # YAML reads a bare `on:` key as True
+    triggers = wf.get("on", wf.get(True))
+    assert "main" in triggers["push"]["branches"]

@@ -1,0 +1,208 @@
+"""Exercise checkers: the chapters' solutions pass; typical wrong answers fail with the right message."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from convvis import checks
+from convvis.assignments import BEGIN, teacher_source
+from convvis.checks import CheckFailed
+
+CHAPTERS = Path(__file__).resolve().parent.parent / "chapters"
+
+
+def solution(name):
+    """The reference solution ``name`` as written in a chapter's marked cell."""
+    for nb in sorted(CHAPTERS.glob("*.ipynb")):
+        for cell in json.loads(nb.read_text())["cells"]:
+            src = "".join(cell["source"])
+            if cell["cell_type"] == "code" and BEGIN in src and f"def {name}(" in src:
+                ns = {"np": np, "torch": torch}
+                exec(teacher_source(src), ns)
+                return ns[name]
+    raise LookupError(f"no chapter defines {name}")
+
+
+# ---- the references pass ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("checker, name", [
+    (checks.check_saliency, "my_saliency"),
+    (checks.check_class_model_step, "class_model_step"),
+    (checks.check_seeds, "my_seeds"),
+    (checks.check_graph_cut, "my_graph_cut"),
+    (checks.check_relu_rule, "my_relu_backward"),
+])
+def test_the_chapters_solutions_pass(checker, name, capsys):
+    checker(solution(name))
+    assert "checks passed" in capsys.readouterr().out
+
+
+def test_the_library_passes_its_own_checks():
+    from convvis.deconvnet import relu_backward
+    from convvis.segmentation import graph_cut, seeds_from_saliency
+
+    checks.check_seeds(seeds_from_saliency)
+    checks.check_graph_cut(graph_cut)
+    checks.check_relu_rule(lambda x, g, rule: relu_backward(x, g, rule))
+
+
+# ---- typical wrong answers -------------------------------------------------------------------------
+
+
+def _grad(model, image, target, prob=False):
+    x = image.detach().clone().requires_grad_(True)
+    out = model(x)
+    s = out.softmax(1)[0, target] if prob else out[0, target]
+    return torch.autograd.grad(s, x)[0][0]
+
+
+def sal_per_channel(model, image, target):
+    return _grad(model, image, target).abs()
+
+
+def sal_sum(model, image, target):
+    return _grad(model, image, target).abs().sum(0)
+
+
+def sal_no_abs(model, image, target):
+    return _grad(model, image, target).amax(0)
+
+
+def sal_softmax(model, image, target):
+    return _grad(model, image, target, prob=True).abs().amax(0)
+
+
+def sal_wrong_class(model, image, target):
+    return _grad(model, image, (target + 1) % 5).abs().amax(0)
+
+
+def sal_backward_on_params(model, image, target):
+    x = image.detach().clone().requires_grad_(True)
+    model(x)[0, target].backward()  # leaves .grad on every parameter
+    return x.grad[0].abs().amax(0)
+
+
+def sal_leaves_a_hook(model, image, target):
+    model[0].register_forward_hook(lambda m, i, o: None)
+    return _grad(model, image, target).abs().amax(0)
+
+
+def sal_freezes_params(model, image, target):
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return _grad(model, image, target).abs().amax(0)
+
+
+def sal_in_place(model, image, target):
+    image.requires_grad_(True)
+    g = torch.autograd.grad(model(image)[0, target], image)[0][0]
+    image.requires_grad_(False)
+    image.mul_(1.0001)
+    return g.abs().amax(0)
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (sal_per_channel, "one value per colour channel"),
+    (sal_sum, "summed"),
+    (sal_no_abs, "absolute value"),
+    (sal_softmax, "softmax probability"),
+    (sal_wrong_class, "another class"),
+    (sal_backward_on_params, r"accumulated \.grad"),
+    (sal_leaves_a_hook, "hook"),
+    (sal_freezes_params, "requires_grad"),
+    (sal_in_place, "in place"),
+])
+def test_saliency_mistakes_are_named(wrong, message):
+    with pytest.raises(CheckFailed, match=message):
+        checks.check_saliency(wrong)
+
+
+def _step(model, image, target, lr, lam, sign=1, reg=2.0, prob=False):
+    g = _grad(model, image, target, prob)[None]
+    return image + sign * lr * (g - reg * lam * image)
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (lambda m, i, t, lr, lam: _step(m, i, t, lr, lam, sign=-1), "downhill"),
+    (lambda m, i, t, lr, lam: _step(m, i, t, lr, lam, reg=0.0), "regulariser is missing"),
+    (lambda m, i, t, lr, lam: _step(m, i, t, lr, lam, reg=1.0), "2 lam I, not lam I"),
+    (lambda m, i, t, lr, lam: _step(m, i, t, lr, lam, reg=-2.0), "wrong sign"),
+    (lambda m, i, t, lr, lam: _step(m, i, t, lr, lam, prob=True), "softmax probability"),
+    (lambda m, i, t, lr, lam: _step(m, i, t, lr, lam)[0], "shape"),
+])
+def test_class_model_step_mistakes_are_named(wrong, message):
+    with pytest.raises(CheckFailed, match=message):
+        checks.check_class_model_step(wrong)
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (lambda s, fq, bq: (s < np.quantile(s, bq), s > np.quantile(s, fq)), "swapped"),
+    (lambda s, fq, bq: (s < np.quantile(s, fq), s < np.quantile(s, bq)), r"\*above\*"),
+    (lambda s, fq, bq: (s > np.quantile(s, fq), s > np.quantile(s, bq)), "swapped|below"),
+    (lambda s, fq, bq: ((s > np.quantile(s, fq)).astype(int), s < np.quantile(s, bq)), "boolean"),
+    (lambda s, fq, bq: s > np.quantile(s, fq), r"pair \(fg, bg\)"),
+])
+def test_seed_mistakes_are_named(wrong, message):
+    with pytest.raises(CheckFailed, match=message):
+        checks.check_seeds(wrong)
+
+
+def cut_inverted(cost_fg, cost_bg, weights, fg, bg):
+    from convvis.segmentation import graph_cut
+
+    return ~graph_cut(cost_fg, cost_bg, weights, fg, bg)
+
+
+def cut_unary_only(cost_fg, cost_bg, weights, fg, bg):
+    return np.where(fg, True, np.where(bg, False, cost_fg < cost_bg))
+
+
+def cut_ignores_seeds(cost_fg, cost_bg, weights, fg, bg):
+    from convvis.segmentation import graph_cut
+
+    return graph_cut(cost_fg, cost_bg, weights)
+
+
+def cut_two_directions_only(cost_fg, cost_bg, weights, fg, bg):
+    from convvis.segmentation import graph_cut
+
+    return graph_cut(cost_fg, cost_bg, [weights[0], weights[1], 0 * weights[2], 0 * weights[3]], fg, bg)
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (cut_inverted, "inverted"),
+    (cut_unary_only, "ignores the pairwise term"),
+    (cut_ignores_seeds, "seeds not respected"),
+    (cut_two_directions_only, "not a minimum"),
+])
+def test_graph_cut_mistakes_are_named(wrong, message):
+    with pytest.raises(CheckFailed, match=message):
+        checks.check_graph_cut(wrong)
+
+
+RULES = {
+    "gradient": lambda x, g: g * (x > 0),
+    "deconvnet": lambda x, g: g.clamp(min=0),
+    "guided": lambda x, g: g.clamp(min=0) * (x > 0),
+}
+
+
+def rule_with(**override):
+    table = {**RULES, **override}
+    return lambda x, g, rule: table[rule](x, g)
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (rule_with(deconvnet=RULES["gradient"]), "you computed the 'gradient' rule"),
+    (rule_with(guided=RULES["deconvnet"]), "you computed the 'deconvnet' rule"),
+    (rule_with(gradient=lambda x, g: x.clamp(min=0)), "forward signal"),
+    (rule_with(gradient=lambda x, g: g * (x < 0)), "inverted"),
+    (rule_with(guided=lambda x, g: g.clamp(min=0) * (x > 0.5)), "differs"),
+])
+def test_relu_rule_mistakes_are_named(wrong, message):
+    with pytest.raises(CheckFailed, match=message):
+        checks.check_relu_rule(wrong)

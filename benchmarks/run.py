@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 import convvis
-from convvis.gradients import frozen_parameters
+from convvis import frozen_parameters
 from convvis.metrics import PROTOCOLS, _ranks, auc, perturbation_curve, with_steps
 from convvis.saliency import saliency_map
 
@@ -364,19 +364,19 @@ def _unhurried_mask(photo, saliency, sklearn: bool):
         def fit(c):
             g = GaussianMixture(5, covariance_type="full", reg_covar=1e-4, max_iter=200, random_state=0)
             g.fit(c)
-            return seg.ColourModel(g.weights_, g.means_, g.covariances_)
+            return convvis.ColourModel(g.weights_, g.means_, g.covariances_)
     else:
         def fit(c):
-            return seg.fit_colour_model(c, max_samples=None, max_iter=200, tol=1e-7)
+            return convvis.fit_colour_model(c, max_samples=None, max_iter=200, tol=1e-7)
 
     photo = photo.astype(np.float64)
-    cost_fg, cost_bg = seg._unaries(photo, fit(photo[fg]), fit(photo[bg]), ~(fg | bg))
+    cost_fg, cost_bg = convvis.unaries(photo, fit(photo[fg]), fit(photo[bg]), ~(fg | bg))
     return seg.graph_cut(cost_fg, cost_bg, seg.pairwise_weights(photo)[0], fg, bg)
 
 
 def bench_segmentation(net, device, args) -> dict:
     """The graph-cut pipeline per 224 x 224 photo, by stage, against OpenCV's GrabCut (1 iteration)."""
-    from convvis.segmentation import grabcut_mask, segment
+    from convvis import grabcut_mask, segment
 
     photos_names = convvis.sample_names()[: (4 if args.quick else 17)]
     x, t = _batch(net, photos_names, len(photos_names))

@@ -2,11 +2,58 @@
 *Deep Inside Convolutional Networks: Visualising Image Classification Models and Saliency Maps*
 (arXiv:1312.6034).
 
+Every chapter's entry point is here, at the top level:
+
+* models and photos: :func:`load_model`, :func:`load_image`, :func:`predict`, ...
+* Sect. 3, the gradient as a Taylor model: :func:`input_gradient`, :func:`taylor_curve`, ...
+* Sect. 2, class models: :func:`visualise`, :func:`paper_preset`, objectives, parametrisations,
+  transforms;
+* Sect. 3.1, saliency maps: :func:`saliency_map` and the later methods, and the faithfulness
+  metrics (:func:`deletion_auc`, :func:`pointing_game`, ...);
+* Sect. 3.2, localisation: :func:`segment`, :func:`localise_images`, their stages and baselines,
+  and the ILSVRC format;
+* Sect. 4, DeconvNets: :func:`backprop_rule`, :func:`rule_gradient`, :func:`reconstruct`.
+
+``target`` means one thing everywhere: an int, a class name such as ``"tabby"``, a sequence or
+tensor of them (one per image), or ``None`` for each image's top-1 class.
+
 Importing this package changes no global state (no seeding, no device choice, no hooks): call
 :func:`convvis.setup` for those.
 """
 
+from .baselines import centre_box, grabcut_mask, threshold_box
+from .class_model import (
+    L2,
+    PAPER_LAMBDA,
+    BlurEvery,
+    ClassProbability,
+    ClassScore,
+    Context,
+    FourierImage,
+    History,
+    Jitter,
+    Objective,
+    PixelImage,
+    RandomRotate,
+    RandomScale,
+    Result,
+    TotalVariation,
+    colour_sqrt_cov,
+    paper_preset,
+    visualise,
+)
+from .colour_model import ColourModel, fit_colour_model, unaries
+from .common import Target, capture_output, frozen_parameters, resolve_targets
+from .deconvnet import (
+    RULES,
+    FunctionalRectifierError,
+    backprop_rule,
+    reconstruct,
+    relu_backward,
+    rule_gradient,
+)
 from .gradients import (
+    TaylorCurve,
     class_score,
     first_region_boundary,
     input_gradient,
@@ -24,48 +71,91 @@ from .images import (
     sample_path,
     to_photo,
 )
+from .metrics import (
+    PROTOCOLS,
+    Protocol,
+    auc,
+    deletion_auc,
+    gaussian_blur,
+    insertion_auc,
+    perturbation_curve,
+    pointing_game,
+    rank_correlation,
+    with_steps,
+)
 from .models import (
+    EMBEDDED_MODELS,
     LoadedModel,
     Preprocessing,
     WeightsUnavailableError,
     efficientnet_lite0_key_map,
+    efficientnet_lite_key_map,
     imagenet_class_names,
     load_model,
     predict,
 )
 from .plotting import draw_box, overlay, prediction_title, show_images, signed_to_rgb, stretch
 from .runtime import resolve_device, setup
+from .saliency import (
+    REDUCTIONS,
+    grad_cam,
+    gradient_x_input,
+    integrated_gradients,
+    last_conv_layer,
+    parameter_layers,
+    randomized_copy,
+    reduce_channels,
+    saliency_map,
+    smoothgrad,
+)
+from .segmentation import (
+    ILSVRCLocalisation,
+    Segmentation,
+    bounding_box,
+    box_iou,
+    graph_cut,
+    graph_cut_energy,
+    imagenet_wnids,
+    largest_component,
+    localisation_correct,
+    localise_images,
+    neighbour_pairs,
+    pairwise_weights,
+    read_ilsvrc_boxes,
+    seeds_from_saliency,
+    segment,
+)
 
 __version__ = "0.1.0"
 
+# Grouped as the chapters use them; docs/reference.md lists every name (a test checks it).
 __all__ = [
-    "class_score",
+    # models and photos (chapter 0)
+    "EMBEDDED_MODELS", "LoadedModel", "Preprocessing", "WeightsUnavailableError", "load_model", "predict",
+    "imagenet_class_names", "efficientnet_lite_key_map", "efficientnet_lite0_key_map",
+    "load_image", "load_images", "to_photo", "deprocess", "box_to_input", "data_dir", "sample_names",
+    "sample_path", "load_annotations", "setup", "resolve_device",
+    # plotting
+    "show_images", "overlay", "draw_box", "prediction_title", "signed_to_rgb", "stretch",
+    # shared plumbing
+    "Target", "resolve_targets", "frozen_parameters", "capture_output",
+    # the gradient as a Taylor model (chapter 1)
+    "input_gradient", "class_score", "taylor_curve", "TaylorCurve", "rectifier_states",
     "first_region_boundary",
-    "input_gradient",
-    "rectifier_states",
-    "taylor_curve",
-    "box_to_input",
-    "LoadedModel",
-    "Preprocessing",
-    "WeightsUnavailableError",
-    "data_dir",
-    "deprocess",
-    "draw_box",
-    "efficientnet_lite0_key_map",
-    "imagenet_class_names",
-    "load_annotations",
-    "load_image",
-    "load_images",
-    "load_model",
-    "overlay",
-    "predict",
-    "prediction_title",
-    "resolve_device",
-    "sample_names",
-    "sample_path",
-    "setup",
-    "show_images",
-    "signed_to_rgb",
-    "stretch",
-    "to_photo",
+    # class models (chapter 2)
+    "visualise", "paper_preset", "PAPER_LAMBDA", "Objective", "Context", "ClassScore",
+    "ClassProbability", "L2", "TotalVariation", "PixelImage", "FourierImage", "Jitter", "RandomScale",
+    "RandomRotate", "BlurEvery", "History", "Result", "colour_sqrt_cov",
+    # saliency maps and their faithfulness (chapter 3)
+    "saliency_map", "reduce_channels", "REDUCTIONS", "smoothgrad", "integrated_gradients",
+    "gradient_x_input", "grad_cam", "last_conv_layer", "randomized_copy", "parameter_layers",
+    "perturbation_curve", "deletion_auc", "insertion_auc", "auc", "Protocol", "PROTOCOLS", "with_steps",
+    "gaussian_blur", "pointing_game", "rank_correlation",
+    # localisation (chapter 4)
+    "segment", "localise_images", "Segmentation", "seeds_from_saliency", "ColourModel",
+    "fit_colour_model", "unaries", "pairwise_weights", "neighbour_pairs", "graph_cut",
+    "graph_cut_energy", "largest_component", "bounding_box", "box_iou", "threshold_box", "centre_box",
+    "grabcut_mask", "localisation_correct", "read_ilsvrc_boxes", "ILSVRCLocalisation", "imagenet_wnids",
+    # DeconvNets and guided backprop (chapter 5)
+    "backprop_rule", "rule_gradient", "reconstruct", "relu_backward", "RULES", "FunctionalRectifierError",
 ]

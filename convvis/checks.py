@@ -250,16 +250,9 @@ def check_seeds(fn: Callable) -> None:
 
 
 def _energy(labels, cost_fg, cost_bg, weights) -> float:
-    from .segmentation import _NEIGHBOURS
+    from .segmentation import graph_cut_energy  # the one definition of the energy
 
-    e = float(np.where(labels, cost_fg, cost_bg).sum())
-    h, w = labels.shape
-    for (dy, dx), wt in zip(_NEIGHBOURS, weights):
-        x0 = max(0, -dx)
-        a = labels[0 : h - dy, x0 : w - max(0, dx)]
-        b = labels[dy:h, x0 + dx : w - max(0, dx) + dx]
-        e += float((wt[0 : h - dy, x0 : w - max(0, dx)] * (a != b)).sum())
-    return e
+    return graph_cut_energy(labels, cost_fg, cost_bg, weights)
 
 
 def check_graph_cut(fn: Callable) -> None:

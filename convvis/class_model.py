@@ -3,8 +3,10 @@
     I* = argmax_I  S_c(I) - lambda * ||I||_2^2                                          (Eq. 1)
 
 with the network's weights fixed, S_c the *unnormalised* class score, starting from the zero image
-(in the model's normalised input space, i.e. the dataset mean colour); for display the mean is added
-back (:func:`convvis.deprocess`).
+of the model's normalised input space. The paper's zero is the training set's mean *image* (its
+network subtracted it); ours is the colour ``mean`` of the model's preprocessing in every pixel,
+mid-grey for the embedded models (mean = std = 0.5). For display the normalisation is undone
+(:func:`convvis.deprocess`).
 
 The code is split the way later work (lucent) split it, so each part can change on its own:
 
@@ -30,8 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .gradients import _check_model_mode, as_module, frozen_parameters
-from .models import LoadedModel
+from .common import (
+    Target,
+    as_module,
+    check_eval_mode,
+    class_names_of,
+    frozen_parameters,
+    num_classes_of,
+    resolve_targets,
+)
 
 __all__ = [
     "Context",
@@ -156,7 +165,8 @@ class TotalVariation(Objective):
 
 
 class PixelImage(nn.Module):
-    """The image is its own parameter, (N,3,H,W), in normalised input space; zero init = mean colour."""
+    """The image is its own parameter, (N,3,H,W), in normalised input space; zero init = the
+    preprocessing's mean colour in every pixel (mid-grey for the embedded models)."""
 
     def __init__(self, n: int, size: int = 224, init_std: float = 0.0, generator=None, device=None):
         super().__init__()
@@ -316,8 +326,8 @@ class Result:
 
 
 def visualise(
-    model: nn.Module | LoadedModel,
-    targets: Sequence[int] | torch.Tensor,
+    model: nn.Module,
+    targets: Target,
     objective: Objective | None = None,
     *,
     param: nn.Module | None = None,
@@ -338,11 +348,14 @@ def visualise(
         Eval-mode classifier giving unnormalised scores. Its weights are held fixed (their
         ``requires_grad`` flags are switched off for the run and restored afterwards).
     targets:
-        Class index per image to create, (N,).
+        The class of each image to create: an int or class name (one image), or a sequence /
+        tensor of them, (N,). Checked before any step: non-integers, unknown names and
+        out-of-range classes raise.
     objective:
         What to maximise, per image; default the paper's ``ClassScore() - PAPER_LAMBDA * L2()``.
     param:
-        Image parametrisation (default :class:`PixelImage`, zero init as in the paper).
+        Image parametrisation (default :class:`PixelImage`, zero init as in the paper); it must
+        produce one (C,H,W) image per target.
     transforms:
         Callables ``(image, generator) -> image`` applied before each forward pass (jitter, ...).
     post_step:
@@ -362,16 +375,27 @@ def visualise(
         the other classes' scores at every step (arrays of shape (steps, N)).
     """
     module = as_module(model)
-    _check_model_mode(module)
+    check_eval_mode(module)
     device = next(module.parameters()).device
-    t = torch.as_tensor(targets, device=device).long().reshape(-1)
-    if t.numel() == 0:
-        raise ValueError("no target classes given")
+    if targets is None:
+        raise ValueError("visualise needs the target classes to create (there is no top-1 class of nothing)")
+    n_classes = num_classes_of(model)
+    if n_classes is None:  # no class names and no final Linear layer: ask the model once
+        with torch.no_grad():
+            n_classes = module(torch.zeros(1, 3, size, size, device=device)).shape[1]
+    t = resolve_targets(targets, num_classes=n_classes, class_names=class_names_of(model), device=device)
     objective = objective if objective is not None else ClassScore() - PAPER_LAMBDA * L2()
     if not isinstance(objective, Objective):
         raise TypeError(f"objective must be an Objective, got {type(objective).__name__}")
     g = torch.Generator(device="cpu").manual_seed(seed)
     param = param if param is not None else PixelImage(len(t), size, device=device)
+    with torch.no_grad():
+        first = param()
+    if first.ndim != 4 or first.shape[0] != len(t):
+        raise ValueError(
+            f"the parametrisation produces images of shape {tuple(first.shape)}, but there are "
+            f"{len(t)} target(s): it must produce one (C,H,W) image per target, ({len(t)}, C, H, W)"
+        )
     if optimizer == "sgd":
         opt = torch.optim.SGD(param.parameters(), lr=lr)
     elif optimizer == "adam":
@@ -382,17 +406,12 @@ def visualise(
     from tqdm.auto import tqdm
 
     with frozen_parameters(module):
-        n_classes = None
         for step in tqdm(range(steps), disable=not progress, desc="class models", leave=False):
             image = param()
             x = image
             for tr in transforms:
                 x = tr(x, g)
             scores = module(x.contiguous(memory_format=torch.channels_last))
-            if n_classes is None:
-                n_classes = scores.shape[1]
-                if (t < 0).any() or (t >= n_classes).any():
-                    raise IndexError(f"target classes must lie in 0..{n_classes - 1}, got {t.tolist()}")
             value = objective(Context(scores, image, t))
             opt.zero_grad(set_to_none=True)
             (-value.sum()).backward()  # maximise; only the image parameters require gradients

@@ -29,16 +29,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .gradients import (
+from .common import (
     Target,
-    _check_image,
-    _check_model_mode,
     as_module,
     capture_output,
+    check_eval_mode,
+    check_image,
     frozen_parameters,
-    resolve_targets,
+    score_gradient,
 )
-from .models import LoadedModel
 
 __all__ = [
     "RULES",
@@ -108,27 +107,54 @@ def _rule_forward(module: nn.Module, rule: str):
     return types.MethodType(forward, module)
 
 
-_FUNCTIONAL = {
-    torch.relu, torch.relu_, F.relu, F.relu_, F.relu6, F.hardtanh, F.hardtanh_, torch.clamp_min,
-    torch.Tensor.relu, torch.Tensor.relu_, torch.Tensor.clamp_min, torch.Tensor.clamp_min_,
+# Rectifiers written as functions, which a module swap cannot reach. Always rectifiers:
+_ALWAYS = {
+    torch.relu, torch.relu_, F.relu, F.relu_, F.relu6, F.hardtanh, F.hardtanh_,
+    torch.Tensor.relu, torch.Tensor.relu_,
+    F.threshold, F.threshold_, torch.threshold, torch.threshold_,
+    torch.clamp_min, torch.clamp_min_, torch.Tensor.clamp_min, torch.Tensor.clamp_min_,
+    F.leaky_relu, F.leaky_relu_, F.prelu, F.rrelu, F.rrelu_, F.elu, F.elu_, F.celu, F.celu_, F.selu,
+    F.selu_, F.gelu, F.silu, F.mish, F.hardswish, F.softplus,
 }
+_ALWAYS |= {getattr(torch, n) for n in ("rrelu", "rrelu_", "selu", "selu_", "celu", "celu_", "prelu")
+            if hasattr(torch, n)}
+# A clamp is a rectifier when its lower bound is 0 (x.clamp(min=0), torch.clip(x, 0, 6), ...).
+_CLAMPS = {torch.clamp, torch.clip, torch.clamp_, torch.clip_, torch.Tensor.clamp, torch.Tensor.clip,
+           torch.Tensor.clamp_, torch.Tensor.clip_}
+# torch.maximum(x, 0-tensor) / torch.max(x, zeros): a rectifier when one side is all zeros.
+_MAXIMA = {torch.maximum, torch.max, torch.Tensor.maximum, torch.Tensor.max, torch.fmax}
+
+
+def _is_rectifier_call(func, args, kwargs) -> bool:
+    if func in _ALWAYS:
+        return True
+    if func in _CLAMPS:
+        lower = kwargs.get("min", args[1] if len(args) > 1 else None)
+        if isinstance(lower, torch.Tensor):
+            return lower.numel() > 0 and bool((lower == 0).all())
+        return lower is not None and float(lower) == 0.0
+    if func in _MAXIMA and len(args) >= 2 and isinstance(args[1], torch.Tensor):
+        other = args[1]
+        return other.is_floating_point() and other.numel() > 0 and bool((other == 0).all())
+    return False
 
 
 class _WatchRectifiers(TorchFunctionMode):
-    """Counts rectifier *functions* called outside the swapped modules during a forward pass."""
+    """Records rectifier *functions* called outside the swapped modules during a forward pass."""
 
     def __init__(self):
         super().__init__()
         self.calls: list[str] = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in _FUNCTIONAL and not getattr(_state, "inside", 0):
+        kwargs = kwargs or {}
+        if not getattr(_state, "inside", 0) and _is_rectifier_call(func, args, kwargs):
             self.calls.append(getattr(func, "__name__", str(func)))
-        return func(*args, **(kwargs or {}))
+        return func(*args, **kwargs)
 
 
 @contextlib.contextmanager
-def backprop_rule(model: nn.Module | LoadedModel, rule: str = "guided") -> Iterator[nn.Module]:
+def backprop_rule(model: nn.Module, rule: str = "guided") -> Iterator[nn.Module]:
     """Make ``model`` back-propagate with ``rule`` at every ReLU / ReLU6 module, temporarily.
 
     Inside the ``with`` block, autograd through the model follows the gradient, DeconvNet or guided
@@ -137,10 +163,12 @@ def backprop_rule(model: nn.Module | LoadedModel, rule: str = "guided") -> Itera
     exit, also when the body raises, the original forwards are restored, so the model comes back
     exactly as it was.
 
-    Rectifiers applied as *functions* (``F.relu(x)`` inside some ``forward``) cannot be swapped.
-    The first forward pass inside the block watches for them and raises
-    :class:`FunctionalRectifierError` rather than returning a silently wrong map (for
-    ``rule="gradient"`` they are harmless and allowed).
+    Rectifiers the swap cannot reach are refused, not silently treated as the plain gradient:
+    functions (``F.relu``, ``F.relu6``, ``hardtanh``, ``F.threshold``, ``clamp``/``clip`` with a
+    lower bound of 0, ``torch.maximum(x, 0)``), modules that call them (``nn.Threshold``,
+    ``nn.Hardtanh``), and other activations for which the rules are not defined (leaky ReLU, ELU,
+    GELU, SiLU, ...). Every forward pass inside the block watches for them and raises
+    :class:`FunctionalRectifierError` (for ``rule="gradient"`` they are harmless and allowed).
     """
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, not {rule!r}")
@@ -161,9 +189,9 @@ def backprop_rule(model: nn.Module | LoadedModel, rule: str = "guided") -> Itera
                 if watch.calls:
                     names = sorted(set(watch.calls))
                     raise FunctionalRectifierError(
-                        f"the model applies {len(watch.calls)} rectifier(s) as functions "
-                        f"({', '.join(names)}) that the {rule!r} rule cannot reach; "
-                        "replace them with nn.ReLU modules"
+                        f"the model applies {len(watch.calls)} rectifier(s) or activation(s) as "
+                        f"functions ({', '.join(names)}) that the {rule!r} rule cannot reach; "
+                        "replace them with nn.ReLU / nn.ReLU6 modules, or use rule='gradient'"
                     )
                 return out
 
@@ -182,26 +210,24 @@ def backprop_rule(model: nn.Module | LoadedModel, rule: str = "guided") -> Itera
 
 
 def rule_gradient(
-    model: nn.Module | LoadedModel, image: torch.Tensor, target: Target = None, rule: str = "guided"
+    model: nn.Module, image: torch.Tensor, target: Target = None, rule: str = "guided"
 ) -> torch.Tensor:
     """dS_c/dI computed with ``rule`` at the rectifiers; (N,C,H,W), same as ``image``.
 
-    ``rule="gradient"`` is the true gradient (chapter 1's ``input_gradient``); ``"deconvnet"`` is
-    the DeconvNet reconstruction of the class score; ``"guided"`` guided backprop.
+    ``rule="gradient"`` is the true gradient (:func:`convvis.input_gradient`); ``"deconvnet"`` is
+    the DeconvNet reconstruction of the class score; ``"guided"`` guided backprop. It is the same
+    recipe as every other gradient (:func:`convvis.common.score_gradient`), run inside
+    :func:`backprop_rule`.
     """
-    module = as_module(model)
-    _check_image(image)
-    _check_model_mode(module)
-    with backprop_rule(module, rule), frozen_parameters(module), torch.enable_grad():
-        x = image.detach().requires_grad_(True)
-        scores = module(x)
-        t = resolve_targets(target, scores)
-        (g,) = torch.autograd.grad(scores.gather(1, t[:, None]).sum(), x)
-    return g
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, not {rule!r}")
+    with backprop_rule(model, rule):
+        grad, _, _, _ = score_gradient(model, image, target)
+    return grad
 
 
 def reconstruct(
-    model: nn.Module | LoadedModel,
+    model: nn.Module,
     image: torch.Tensor,
     layer: str,
     channel: int,
@@ -228,8 +254,8 @@ def reconstruct(
         (N,C,H,W) reconstruction in input space: d(selected activation)/dI under ``rule``.
     """
     module = as_module(model)
-    _check_image(image)
-    _check_model_mode(module)
+    check_eval_mode(module)
+    check_image(image, module)
     with capture_output(module, layer) as store, backprop_rule(module, rule), frozen_parameters(module), \
             torch.enable_grad():
         x = image.detach().requires_grad_(True)

@@ -13,166 +13,51 @@ and the image exactly as they were.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from .models import LoadedModel
+from .common import (
+    Target,
+    as_module,
+    check_eval_mode,
+    check_image,
+    check_scores,
+    class_names_of,
+    resolve_targets,
+    score_gradient,
+)
 
 __all__ = [
-    "Target",
-    "as_module",
-    "frozen_parameters",
-    "resolve_targets",
     "class_score",
     "input_gradient",
     "TaylorCurve",
     "taylor_curve",
     "rectifier_states",
     "first_region_boundary",
-    "capture_output",
 ]
 
-Target = int | Sequence[int] | torch.Tensor | None
 
-
-def as_module(model: nn.Module | LoadedModel) -> nn.Module:
-    """The ``nn.Module`` behind a :class:`LoadedModel` (or the module itself)."""
-    if isinstance(model, LoadedModel):
-        return model.model
-    if isinstance(model, nn.Module):
-        return model
-    raise TypeError(f"expected an nn.Module or LoadedModel, got {type(model).__name__}")
-
-
-@contextlib.contextmanager
-def frozen_parameters(model: nn.Module) -> Iterator[nn.Module]:
-    """Temporarily set ``requires_grad=False`` on every parameter; restore each flag on exit.
-
-    With frozen weights autograd neither computes nor stores what weight gradients would need,
-    so an input-gradient pass costs one forward and one backward to the input, nothing more.
-    Flags are restored in ``finally``, also when the body raises.
-    """
-    params = list(model.parameters())
-    flags = [p.requires_grad for p in params]
-    try:
-        for p in params:
-            p.requires_grad_(False)
-        yield model
-    finally:
-        for p, f in zip(params, flags):
-            p.requires_grad_(f)
-
-
-@contextlib.contextmanager
-def capture_output(model: nn.Module, layer: str) -> Iterator[dict[str, torch.Tensor]]:
-    """Record the output of ``model.get_submodule(layer)`` while the block runs.
-
-    Yields a dict whose ``"output"`` entry holds the layer's latest output (with its autograd
-    history, so gradients can be taken with respect to it). The forward hook is removed on exit,
-    also when the body raises. An unknown layer name raises ``ValueError``.
-    """
-    try:
-        target = model.get_submodule(layer)
-    except AttributeError:
-        raise ValueError(f"the model has no module named {layer!r}") from None
-    store: dict[str, torch.Tensor] = {}
-
-    def keep(mod, args, out):
-        store["output"] = out
-
-    handle = target.register_forward_hook(keep)
-    try:
-        yield store
-    finally:
-        handle.remove()
-
-
-def _check_image(image: torch.Tensor) -> None:
-    if not isinstance(image, torch.Tensor):
-        raise TypeError(f"image must be a torch.Tensor, got {type(image).__name__}")
-    if image.ndim != 4:
-        raise ValueError(
-            f"image must be an (N,C,H,W) batch, got shape {tuple(image.shape)}; "
-            "use image[None] for a single (C,H,W) image"
-        )
-    if not image.is_floating_point():
-        raise TypeError(f"image must be a floating-point tensor, got {image.dtype}")
-
-
-def _check_model_mode(model: nn.Module) -> None:
-    if model.training:
-        raise ValueError(
-            "the model is in training mode: batch norm and dropout would make each image's score "
-            "depend on the rest of the batch and on chance. Call model.eval() first."
-        )
-
-
-def _check_scores(scores: torch.Tensor) -> None:
-    if scores.ndim != 2:
-        raise ValueError(f"the model must output (N, classes) scores, got shape {tuple(scores.shape)}")
-    with torch.no_grad():
-        s = scores.detach()
-        if s.shape[1] > 1 and s.min() >= 0 and s.max() <= 1 and torch.allclose(
-            s.sum(1), torch.ones_like(s[:, 0]), atol=1e-3
-        ):
-            raise ValueError(
-                "the model's outputs are non-negative and sum to 1 per image: they look like softmax "
-                "probabilities. The paper differentiates the unnormalised score S_c (the logit); "
-                "remove the final softmax."
-            )
-
-
-def resolve_targets(target: Target, scores: torch.Tensor) -> torch.Tensor:
-    """Turn ``target`` into an (N,) long tensor of class indices on ``scores``' device.
-
-    ``None``: each image's top-1 class (argmax of its scores). An ``int``: that class for every
-    image. A sequence or tensor of N ints: one class per image. Out-of-range indices, wrong lengths
-    and non-integer values raise errors that say so.
-    """
-    n, classes = scores.shape
-    if target is None:
-        return scores.detach().argmax(dim=1)
-    if isinstance(target, bool):
-        raise TypeError("target must be a class index, not a bool")
-    if isinstance(target, (int, np.integer)):
-        t = torch.full((n,), int(target), dtype=torch.long, device=scores.device)
-    else:
-        t = torch.as_tensor(target, device=scores.device)
-        if t.is_floating_point() or t.dtype == torch.bool or t.is_complex():
-            raise TypeError(f"target must hold integer class indices, got {t.dtype}")
-        t = t.long().reshape(-1)
-        if t.numel() == 1:
-            t = t.expand(n)
-        elif t.numel() != n:
-            raise ValueError(f"got {t.numel()} targets for a batch of {n} images")
-    bad = (t < 0) | (t >= classes)
-    if bad.any():
-        raise IndexError(f"target class {int(t[bad][0])} is out of range: the model has {classes} classes")
-    return t
-
-
-def class_score(model: nn.Module | LoadedModel, image: torch.Tensor, target: Target = None) -> torch.Tensor:
+def class_score(model: nn.Module, image: torch.Tensor, target: Target = None) -> torch.Tensor:
     """The unnormalised class score S_c(I) of each image, shape (N,), no gradient.
 
     ``target`` as in :func:`resolve_targets` (default: each image's top-1 class).
     """
     module = as_module(model)
-    _check_image(image)
-    _check_model_mode(module)
+    check_eval_mode(module)
+    check_image(image, module)
     with torch.no_grad():
         scores = module(image)
-    _check_scores(scores)
-    t = resolve_targets(target, scores)
+    check_scores(scores)
+    t = resolve_targets(target, scores, class_names=class_names_of(model))
     return scores.gather(1, t[:, None])[:, 0]
 
 
 def input_gradient(
-    model: nn.Module | LoadedModel,
+    model: nn.Module,
     image: torch.Tensor,
     target: Target = None,
     *,
@@ -200,18 +85,9 @@ def input_gradient(
     One forward and one backward pass for the whole batch: the images are independent in eval
     mode, so the gradient of the sum of their scores is each image's own gradient.
     """
-    module = as_module(model)
-    _check_image(image)
-    _check_model_mode(module)
-    x = image.detach().requires_grad_(True)  # a new leaf: the caller's tensor is untouched
-    with frozen_parameters(module), torch.enable_grad():
-        scores = module(x)
-        _check_scores(scores)
-        t = resolve_targets(target, scores)
-        selected = scores.gather(1, t[:, None])[:, 0]
-        (grad,) = torch.autograd.grad(selected.sum(), x)
+    grad, score, t, _ = score_gradient(model, image, target)
     if return_score:
-        return grad, selected.detach(), t
+        return grad, score, t
     return grad
 
 
@@ -242,7 +118,7 @@ class TaylorCurve:
 
 
 def taylor_curve(
-    model: nn.Module | LoadedModel,
+    model: nn.Module,
     image: torch.Tensor,
     direction: torch.Tensor,
     eps: Sequence[float] | np.ndarray,
@@ -267,7 +143,7 @@ def taylor_curve(
     chunk:
         How many perturbed images go through the network at once.
     """
-    _check_image(image)
+    check_image(image, model)
     if image.shape[0] != 1:
         raise ValueError(f"taylor_curve expands around one image, got a batch of {image.shape[0]}")
     d = direction.detach().to(image.device, image.dtype).reshape(1, *image.shape[1:])
@@ -294,7 +170,7 @@ _RECTIFIERS = (nn.ReLU, nn.ReLU6)
 
 
 @torch.no_grad()
-def rectifier_states(model: nn.Module | LoadedModel, image: torch.Tensor) -> list[torch.Tensor]:
+def rectifier_states(model: nn.Module, image: torch.Tensor) -> list[torch.Tensor]:
     """Which linear piece every rectifier unit is on, for each image of the batch.
 
     Returns one int8 tensor per ``nn.ReLU`` / ``nn.ReLU6`` module (in forward order), shaped like
@@ -306,7 +182,8 @@ def rectifier_states(model: nn.Module | LoadedModel, image: torch.Tensor) -> lis
     removed on exit, also when the forward pass raises.
     """
     module = as_module(model)
-    _check_image(image)
+    check_eval_mode(module)  # a training-mode pass would overwrite batch-norm statistics
+    check_image(image, module)
     states: list[torch.Tensor] = []
 
     def record(mod, args):
@@ -328,7 +205,7 @@ def rectifier_states(model: nn.Module | LoadedModel, image: torch.Tensor) -> lis
 
 
 def first_region_boundary(
-    model: nn.Module | LoadedModel,
+    model: nn.Module,
     image: torch.Tensor,
     direction: torch.Tensor,
     max_eps: float,
@@ -345,7 +222,8 @@ def first_region_boundary(
     Returns ``(lo, hi)`` with no switch at ``lo`` and at least one at ``hi``. Raises ``ValueError``
     if nothing switches up to ``max_eps``. Use float64 models and images to resolve small steps.
     """
-    _check_image(image)
+    check_eval_mode(model)
+    check_image(image, model)
     if image.shape[0] != 1:
         raise ValueError("first_region_boundary works on one image, shape (1,C,H,W)")
     d = direction.detach().to(image.device, image.dtype).reshape(image.shape)

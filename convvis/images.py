@@ -115,6 +115,92 @@ def _from_path(source: str | os.PathLike) -> Image.Image:
     return img
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png16_header(path: Path) -> tuple[int, int, int, int, int] | None:
+    """(width, height, colour type, channels, interlace) of a 16-bit colour PNG, else None.
+
+    Pillow reads 16-bit RGB, RGBA and grey+alpha PNGs at 8 bits per channel (it has no 16-bit
+    colour modes), so these few files are decoded here instead. 16-bit grey opens as mode I;16.
+    """
+    with open(path, "rb") as f:
+        head = f.read(33)
+    if len(head) < 33 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
+        return None
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    depth, colour, interlace = head[24], head[25], head[28]
+    if depth != 16 or colour not in (2, 4, 6):
+        return None
+    return width, height, colour, {2: 3, 4: 2, 6: 4}[colour], interlace
+
+
+def _read_png16(path: Path) -> np.ndarray:
+    """Decode a 16-bit colour PNG (non-interlaced) to a float32 H x W x C array in [0, 1]."""
+    import zlib
+
+    width, height, colour, channels, interlace = _png16_header(path)
+    if interlace:
+        raise ValueError(
+            f"{path} is an interlaced 16-bit PNG, which convvis cannot read; save it without interlacing"
+        )
+    data = bytearray()
+    with open(path, "rb") as f:
+        f.seek(8)
+        while True:
+            length_bytes = f.read(4)
+            if len(length_bytes) < 4:
+                break
+            length = int.from_bytes(length_bytes, "big")
+            kind = f.read(4)
+            chunk = f.read(length)
+            f.read(4)  # CRC
+            if kind == b"IDAT":
+                data += chunk
+            elif kind == b"IEND":
+                break
+    try:
+        raw = np.frombuffer(zlib.decompress(bytes(data)), np.uint8)
+    except zlib.error as exc:
+        raise ValueError(f"{path} is a damaged PNG file ({exc})") from None
+    bpp = 2 * channels  # bytes per pixel
+    stride = width * bpp
+    if raw.size != height * (stride + 1):
+        raise ValueError(f"{path} is a damaged PNG file (wrong amount of image data)")
+    rows = raw.reshape(height, stride + 1)
+    out = np.zeros((height, stride), np.int32)
+    prev = np.zeros(stride, np.int32)
+    for y in range(height):
+        kind, line = rows[y, 0], rows[y, 1:].astype(np.int32)
+        if kind == 0:  # None
+            cur = line
+        elif kind == 1:  # Sub: add the byte bpp to the left, a running sum per byte position
+            cur = np.cumsum(line.reshape(width, bpp), axis=0).reshape(-1) & 0xFF
+        elif kind == 2:  # Up
+            cur = (line + prev) & 0xFF
+        elif kind in (3, 4):  # Average, Paeth: each pixel depends on the one decoded before it
+            cur = np.empty(stride, np.int32)
+            left = np.zeros(bpp, np.int32)
+            upleft = np.zeros(bpp, np.int32)
+            for x in range(0, stride, bpp):
+                up = prev[x : x + bpp]
+                if kind == 3:
+                    pred = (left + up) >> 1
+                else:
+                    p = left + up - upleft
+                    pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - upleft)
+                    pred = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, upleft))
+                left = (line[x : x + bpp] + pred) & 0xFF
+                cur[x : x + bpp] = left
+                upleft = up
+        else:
+            raise ValueError(f"{path} is a damaged PNG file (unknown row filter {kind})")
+        out[y] = cur
+        prev = cur
+    values = (out[:, 0::2] << 8) | out[:, 1::2]  # big-endian 16-bit samples
+    return (values.reshape(height, width, channels) / 65535.0).astype(np.float32)
+
+
 def _pil_to_array(img: Image.Image) -> np.ndarray:
     """PIL image of any common mode -> float32 H x W x C array in [0, 1], C in {1, 3, 4}."""
     mode = img.mode
@@ -196,7 +282,13 @@ def to_photo(source: ImageSource) -> np.ndarray:
     scaled to [0, 1]. The source itself is never modified.
     """
     if isinstance(source, (str, os.PathLike)):
-        arr = _pil_to_array(_from_path(source))
+        img = _from_path(source)
+        if img.format == "PNG" and _png16_header(Path(img.filename)) is not None:
+            arr = _read_png16(Path(img.filename))  # Pillow would drop the low 8 bits
+            if arr.shape[2] == 2:  # grey + alpha -> RGBA
+                arr = np.concatenate([arr[..., :1]] * 3 + [arr[..., 1:]], axis=2)
+        else:
+            arr = _pil_to_array(img)
     elif isinstance(source, Image.Image):
         arr = _pil_to_array(source)
     elif isinstance(source, np.ndarray):

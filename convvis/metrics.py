@@ -20,8 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .gradients import Target, _check_image, _check_model_mode, _check_scores, as_module, resolve_targets
-from .models import LoadedModel
+from .common import (
+    Target,
+    as_module,
+    check_eval_mode,
+    check_image,
+    check_scores,
+    class_names_of,
+    resolve_targets,
+)
 
 __all__ = [
     "Protocol",
@@ -43,8 +50,10 @@ class Protocol:
 
     ``pixels_per_step`` (or, if None, ``steps`` equal steps) sets how many pixels change between
     two points of the curve; ``deletion`` / ``insertion`` name the substrate (``"zero"``: zero in
-    the model's normalised input space, i.e. the dataset mean colour; ``"blur"``: a Gaussian-blurred
-    copy); ``score`` is ``"probability"`` (softmax of the target) or ``"logit"`` (the paper's S_c).
+    the model's normalised input space, which is the colour ``mean`` of the model's preprocessing
+    in every pixel, mid-grey for the embedded models' mean = std = 0.5, and not the data set's
+    mean colour; ``"blur"``: a Gaussian-blurred copy);
+    ``score`` is ``"probability"`` (softmax of the target) or ``"logit"`` (the paper's S_c).
     """
 
     name: str
@@ -116,7 +125,7 @@ def _ranks(saliency: torch.Tensor) -> torch.Tensor:
 
 
 def perturbation_curve(
-    model: nn.Module | LoadedModel,
+    model: nn.Module,
     image: torch.Tensor,
     saliency: torch.Tensor,
     target: Target = None,
@@ -124,20 +133,22 @@ def perturbation_curve(
     protocol: str | Protocol = "rise",
     *,
     chunk: int = 8,
+    progress: bool = False,
 ) -> torch.Tensor:
     """The deletion or insertion curve of each image: (N, S+1) scores, point k after k steps.
 
     ``image`` (N,C,H,W); ``saliency`` (N,H,W) at the same resolution (higher = more important).
     ``target`` defaults to each image's top-1 class on the unperturbed image. The perturbed copies
     go through the network ``chunk`` at a time, whichever images and steps they come from, so
-    memory stays bounded by ``chunk`` images whatever N and S are.
+    memory stays bounded by ``chunk`` images whatever N and S are. ``progress`` shows a bar over
+    the chunks.
     """
     if mode not in ("deletion", "insertion"):
         raise ValueError(f"mode must be 'deletion' or 'insertion', not {mode!r}")
     p = _protocol(protocol)
     module = as_module(model)
-    _check_image(image)
-    _check_model_mode(module)
+    check_eval_mode(module)
+    check_image(image, module)
     n, c, h, w = image.shape
     if saliency.shape != (n, h, w):
         raise ValueError(
@@ -148,8 +159,8 @@ def perturbation_curve(
     image = image.detach()
     with torch.no_grad():
         scores0 = module(image)
-        _check_scores(scores0)
-        t = resolve_targets(target, scores0)
+        check_scores(scores0)
+        t = resolve_targets(target, scores0, class_names=class_names_of(model))
         step = p.step_size(h * w)
         n_points = -(-(h * w) // step) + 1
         counts = torch.clamp(torch.arange(n_points, device=image.device) * step, max=h * w)
@@ -157,7 +168,9 @@ def perturbation_curve(
         substrate = _substrate(image, p.deletion if mode == "deletion" else p.insertion, p)
         pairs = [(i, k) for i in range(n) for k in range(n_points)]
         out = torch.empty(n, n_points, dtype=torch.float64)
-        for start in range(0, len(pairs), chunk):
+        from tqdm.auto import tqdm
+
+        for start in tqdm(range(0, len(pairs), chunk), desc=mode, disable=not progress, leave=False):
             idx = torch.tensor(pairs[start : start + chunk], device=image.device)
             img_i, k = idx[:, 0], idx[:, 1]
             changed = (ranks[img_i] < counts[k].view(-1, 1, 1))[:, None]  # (B,1,H,W)
@@ -182,15 +195,17 @@ def auc(curve: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 
 def deletion_auc(model, image, saliency, target: Target = None, protocol: str | Protocol = "rise",
-                 *, chunk: int = 8) -> torch.Tensor:
+                 *, chunk: int = 8, progress: bool = False) -> torch.Tensor:
     """Deletion AUC per image (N,): lower means the map found what the score depends on."""
-    return auc(perturbation_curve(model, image, saliency, target, "deletion", protocol, chunk=chunk))
+    return auc(perturbation_curve(model, image, saliency, target, "deletion", protocol, chunk=chunk,
+                                  progress=progress))
 
 
 def insertion_auc(model, image, saliency, target: Target = None, protocol: str | Protocol = "rise",
-                  *, chunk: int = 8) -> torch.Tensor:
+                  *, chunk: int = 8, progress: bool = False) -> torch.Tensor:
     """Insertion AUC per image (N,): higher means the map's top pixels suffice for the score."""
-    return auc(perturbation_curve(model, image, saliency, target, "insertion", protocol, chunk=chunk))
+    return auc(perturbation_curve(model, image, saliency, target, "insertion", protocol, chunk=chunk,
+                                  progress=progress))
 
 
 def pointing_game(saliency: torch.Tensor | np.ndarray, boxes: Sequence[Sequence[float]],
@@ -217,14 +232,30 @@ def pointing_game(saliency: torch.Tensor | np.ndarray, boxes: Sequence[Sequence[
 
 
 def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Spearman rank correlation between maps, per image: (N,H,W) x (N,H,W) -> (N,) in [-1, 1]."""
+    """Spearman's rank correlation between maps, per image: (N,H,W) x (N,H,W) -> (N,) in [-1, 1].
+
+    Tied values share their average rank (as ``scipy.stats.spearmanr``), so blocks of equal
+    values (zeros, say) count as ties, not as an order. A constant map has no order: its
+    correlation is NaN.
+    """
+    from scipy.stats import rankdata
+
+    a, b = torch.as_tensor(a), torch.as_tensor(b)
     if a.shape != b.shape:
         raise ValueError(f"maps differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
-    ra = _ranks(a).flatten(1).double()
-    rb = _ranks(b).flatten(1).double()
-    ra = ra - ra.mean(dim=1, keepdim=True)
-    rb = rb - rb.mean(dim=1, keepdim=True)
-    return (ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1))
+    if a.ndim < 2:
+        raise ValueError(f"expected (N,H,W) maps, got shape {tuple(a.shape)}")
+    fa = a.detach().flatten(1).double().cpu().numpy()
+    fb = b.detach().flatten(1).double().cpu().numpy()
+    if not (np.isfinite(fa).all() and np.isfinite(fb).all()):
+        raise ValueError("maps contain NaN or infinite values")
+    ra = rankdata(fa, method="average", axis=1)
+    rb = rankdata(fb, method="average", axis=1)
+    ra -= ra.mean(axis=1, keepdims=True)
+    rb -= rb.mean(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = (ra * rb).sum(1) / (np.linalg.norm(ra, axis=1) * np.linalg.norm(rb, axis=1))
+    return torch.from_numpy(rho)
 
 
 def with_steps(protocol: str | Protocol, *, pixels_per_step: int | None = None,

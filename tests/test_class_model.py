@@ -123,7 +123,7 @@ def test_transforms_keep_shape_and_blur_keeps_constants():
 
 def test_bad_arguments():
     model = linear_model()
-    with pytest.raises(IndexError, match="0..4"):
+    with pytest.raises(IndexError, match="out of range: the model has 5 classes"):
         visualise(model, [7], size=4, steps=1, progress=False)
     with pytest.raises(ValueError, match="optimizer"):
         visualise(model, [0], size=4, steps=1, optimizer="lbfgs", progress=False)

@@ -123,7 +123,7 @@ def test_model_restored_after_use_and_after_errors():
     assert all("forward" not in m.__dict__ for m in model.modules())
     # a failing forward inside rule_gradient (wrong input size)
     with pytest.raises(RuntimeError):
-        rule_gradient(model, torch.zeros(1, 5, 8, 8), 0, "guided")
+        rule_gradient(model, torch.zeros(1, 3, 1, 1), 0, "guided")
     assert all("forward" not in m.__dict__ for m in model.modules())
     assert model[7].weight.requires_grad and model[7].weight.grad is None
     assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
@@ -142,7 +142,8 @@ class FunctionalNet(nn.Module):
 def test_functional_rectifiers_are_detected_not_silently_wrong():
     model = FunctionalNet().eval()
     x = torch.randn(1, 3, 6, 6)
-    with pytest.raises(FunctionalRectifierError, match=r"1 rectifier\(s\) as functions \(relu\)"):
+    msg = r"1 rectifier\(s\) or activation\(s\) as functions \(relu\)"
+    with pytest.raises(FunctionalRectifierError, match=msg):
         rule_gradient(model, x, 0, "deconvnet")
     assert "forward" not in model.__dict__
     rule_gradient(model, x, 0, "gradient")  # the gradient rule is right anyway

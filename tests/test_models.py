@@ -82,7 +82,7 @@ def test_default_model_top5_on_all_photos(net):
 
 
 def test_predict_rejects_unbatched(net):
-    with pytest.raises(ValueError, match=r"\(N,3,H,W\)"):
+    with pytest.raises(ValueError, match=r"\(N,C,H,W\) batch"):
         convvis.predict(net, torch.zeros(3, 224, 224))
 
 

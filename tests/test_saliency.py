@@ -37,7 +37,7 @@ def test_max_over_channels_is_the_paper_rule():
     #          pixel (0,1) has |w| = (2, 0.5, 1)       -> max 2, sum 3.5
     assert saliency_map(model, x, 0).tolist() == [[[3.0, 2.0]]]
     assert saliency_map(model, x, 0, reduce="sum").tolist() == [[[4.0, 3.5]]]
-    assert saliency_map(model, x, 0, reduce="none").tolist() == [[[[1.0, 2.0]], [[3.0, 0.5]], [[0.0, 1.0]]]]
+    assert saliency_map(model, x, 0, reduce="abs").tolist() == [[[[1.0, 2.0]], [[3.0, 0.5]], [[0.0, 1.0]]]]
 
 
 def test_default_target_is_the_top1_class_per_image():
@@ -62,7 +62,7 @@ def test_matches_captum_saliency_on_the_sample_photos(net):
     captum_attr = pytest.importorskip("captum.attr")
     image = convvis.load_images(["cat", "fruits", "messi", "cameraman"], net)
     targets = [281, 951, 805, 872]
-    ours = saliency_map(net, image, targets, reduce="none")
+    ours = saliency_map(net, image, targets, reduce="abs")
     theirs = captum_attr.Saliency(net.model).attribute(image.clone(), target=targets, abs=True)
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(saliency_map(net, image, targets), theirs.amax(dim=1), rtol=1e-5, atol=1e-7)
@@ -71,7 +71,7 @@ def test_matches_captum_saliency_on_the_sample_photos(net):
 def test_integrated_gradients_completeness_and_linear_case():
     model = linear_rgb_classifier()
     x = torch.randn(2, 3, 1, 2)
-    attr = integrated_gradients(model, x, 0, reduce=None, steps=4)
+    attr = integrated_gradients(model, x, 0, reduce="signed", steps=4)
     # for a linear model IG is exactly (x - 0) * w, whatever the number of steps
     torch.testing.assert_close(attr, x * model[1].weight[0].view(1, 3, 1, 2))
     # completeness on a non-linear model: attributions sum to S(x) - S(baseline), approximately
@@ -80,7 +80,7 @@ def test_integrated_gradients_completeness_and_linear_case():
         nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)
     ).eval()
     img = torch.randn(1, 3, 6, 6)
-    a = integrated_gradients(net, img, 1, reduce=None, steps=256)
+    a = integrated_gradients(net, img, 1, reduce="signed", steps=256)
     gap = (net(img)[0, 1] - net(torch.zeros_like(img))[0, 1]).item()
     assert a.sum().item() == pytest.approx(gap, rel=1e-2, abs=1e-3)
 

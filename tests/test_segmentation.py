@@ -3,14 +3,14 @@ import pytest
 import torch
 
 import convvis
+from convvis.baselines import centre_box, grabcut_mask, threshold_box
+from convvis.colour_model import fit_colour_model, unaries
 from convvis.segmentation import (
     ILSVRCLocalisation,
     bounding_box,
     box_iou,
-    centre_box,
-    fit_colour_model,
-    grabcut_mask,
     graph_cut,
+    graph_cut_energy,
     imagenet_wnids,
     largest_component,
     localisation_correct,
@@ -18,8 +18,11 @@ from convvis.segmentation import (
     read_ilsvrc_boxes,
     seeds_from_saliency,
     segment,
-    threshold_box,
 )
+
+# the four directions of the 8-neighbour grid, written out here so the tests do not share the
+# package's own table: right, down, down-right, down-left
+DIRECTIONS = ((0, 1), (1, 0), (1, 1), (1, -1))
 
 
 def disk_scene(size=64, centre=(30, 36), radius=14, seed=0):
@@ -82,11 +85,9 @@ def test_colour_model_likelihood_matches_scipy():
     ref = -np.log(sum(w * multivariate_normal(mu, c).pdf(x) for w, mu, c in parts))
     np.testing.assert_allclose(m.neg_log_likelihood(x), ref, rtol=1e-8)
     # the unaries of the cut are the same numbers, computed only where asked
-    from convvis.segmentation import _unaries
-
     photo = rng.random((4, 5, 3))
     where = rng.random((4, 5)) > 0.3
-    fg_cost, bg_cost = _unaries(photo, m, m, where)
+    fg_cost, bg_cost = unaries(photo, m, m, where)
     np.testing.assert_allclose(fg_cost[where], m.neg_log_likelihood(photo)[where], rtol=1e-8)
     assert (bg_cost[~where] == 0).all()
 
@@ -118,11 +119,9 @@ def test_em_never_lowers_the_likelihood_and_agrees_with_scikit_learn():
 
 def energy(labels, cost_fg, cost_bg, weights):
     """E(L) written out: unaries plus the weight of every 8-neighbour edge whose ends differ."""
-    from convvis.segmentation import _NEIGHBOURS
-
     e = np.where(labels, cost_fg, cost_bg).sum()
     h, w = labels.shape
-    for (dy, dx), wt in zip(_NEIGHBOURS, weights):
+    for (dy, dx), wt in zip(DIRECTIONS, weights):
         for y in range(h):
             for x in range(w):
                 if 0 <= y + dy < h and 0 <= x + dx < w and labels[y, x] != labels[y + dy, x + dx]:
@@ -145,9 +144,7 @@ def test_graph_cut_without_seed_nodes_is_the_minimum_of_the_full_graph():
         # reference: every pixel a node, seeds held by huge terminal capacities
         g = maxflow.Graph[float]()
         nodes = g.add_grid_nodes((h, w))
-        from convvis.segmentation import _NEIGHBOURS
-
-        for (dy, dx), wt in zip(_NEIGHBOURS, weights):
+        for (dy, dx), wt in zip(DIRECTIONS, weights):
             st = np.zeros((3, 3))
             st[1 + dy, 1 + dx] = 1
             g.add_grid_edges(nodes, weights=wt, structure=st, symmetric=True)
@@ -156,6 +153,10 @@ def test_graph_cut_without_seed_nodes_is_the_minimum_of_the_full_graph():
         ref = g.get_grid_segments(nodes)
         e_ours, e_ref = (energy(m, cost_fg, cost_bg, weights) for m in (ours, ref))
         assert e_ours == pytest.approx(e_ref)
+        # the package's public energy is the one written out above
+        for labels in (ours, ref, rng.random((h, w)) > 0.5):
+            assert graph_cut_energy(labels, cost_fg, cost_bg, weights) == pytest.approx(
+                energy(labels, cost_fg, cost_bg, weights), rel=1e-12)
     with pytest.raises(ValueError, match="both foreground and background"):
         graph_cut(cost_fg, cost_bg, weights, fg, fg)
 
@@ -238,7 +239,7 @@ def test_box_iou_and_the_localisation_criterion():
 
 def test_localise_runs_the_batch_pipeline(net):
     x = convvis.load_images(["squirrel", "orange"], net)
-    segs = convvis.segmentation.localise(net, x, [335, 950])
+    segs = convvis.localise_images(net, x, [335, 950])
     assert len(segs) == 2 and all(s.mask.shape == (224, 224) for s in segs)
     assert all(s.box is not None for s in segs)
 

@@ -1,0 +1,348 @@
+"""Plumbing shared by every method: targets, input checks, frozen weights, layer capture, and the
+one recipe that takes a class score's gradient.
+
+Every gradient the book computes (the paper's saliency map, SmoothGrad, Integrated Gradients,
+DeconvNet and guided backprop, Grad-CAM) is the same computation:
+
+    forward the image  ->  pick each image's target score S_c  ->  backward to the input
+    (or to one layer's output)
+
+:func:`score_gradient` is that recipe, written once. The backward rules of Sect. 4 are not a second
+recipe: :func:`convvis.backprop_rule` changes what autograd does at the rectifiers, and the same
+recipe runs inside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "Target",
+    "as_module",
+    "class_names_of",
+    "num_classes_of",
+    "check_image",
+    "check_eval_mode",
+    "check_scores",
+    "resolve_targets",
+    "frozen_parameters",
+    "capture_output",
+    "score_gradient",
+]
+
+#: A class per image: ``None`` (each image's top-1 class), an ``int``, a class name such as
+#: ``"tabby cat"``, or a sequence / tensor of those, one per image.
+Target = int | str | Sequence[int | str] | torch.Tensor | None
+
+
+def as_module(model) -> nn.Module:
+    """The ``nn.Module`` that computes the scores: ``model.model`` for a :class:`convvis.LoadedModel`,
+    the model itself for any other ``nn.Module``."""
+    from .models import LoadedModel
+
+    if isinstance(model, LoadedModel):
+        return model.model
+    if isinstance(model, nn.Module):
+        return model
+    raise TypeError(f"expected an nn.Module or LoadedModel, got {type(model).__name__}")
+
+
+def class_names_of(model) -> list[str] | None:
+    """The model's class names (index-aligned with its scores), or ``None`` if it has none."""
+    names = getattr(model, "class_names", None)
+    return list(names) if names else None
+
+
+def num_classes_of(model) -> int | None:
+    """How many classes the model scores, when it can be read without a forward pass."""
+    names = class_names_of(model)
+    if names:
+        return len(names)
+    module = as_module(model)
+    last = None
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            last = m
+    return last.out_features if last is not None else None
+
+
+def _reference_parameter(module: nn.Module) -> torch.Tensor | None:
+    for p in module.parameters():
+        if p.is_floating_point():
+            return p
+    return None
+
+
+def _first_conv_channels(module: nn.Module) -> int | None:
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            return m.in_channels
+    return None
+
+
+def check_image(image, model=None) -> None:
+    """Refuse anything that is not a finite (N,C,H,W) float batch the model can read.
+
+    Checked: a tensor; four dimensions; floating point; no NaN or Inf (one bad pixel would turn the
+    whole map into zeros, and ``target=None`` into class 0); and, given ``model``, the same dtype
+    and device as its weights and the channel count of its first convolution. Each failure says
+    what convvis expects.
+    """
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"image must be a torch.Tensor, got {type(image).__name__}")
+    if image.ndim != 4:
+        raise ValueError(
+            f"image must be an (N,C,H,W) batch, got shape {tuple(image.shape)}; "
+            "use image[None] for a single (C,H,W) image"
+        )
+    if not image.is_floating_point():
+        raise TypeError(
+            f"image must be a floating-point tensor normalised for the model, got {image.dtype}; "
+            "load photos with convvis.load_image"
+        )
+    if image.shape[0] == 0:
+        raise ValueError("image is an empty batch (N = 0)")
+    bad = ~torch.isfinite(image)
+    if bool(bad.any()):
+        n_nan = int(torch.isnan(image).sum())
+        raise ValueError(
+            f"image contains {n_nan} NaN and {int(bad.sum()) - n_nan} infinite value(s); "
+            "every pixel must be finite"
+        )
+    if model is None:
+        return
+    module = as_module(model)
+    p = _reference_parameter(module)
+    if p is not None:
+        if image.dtype != p.dtype:
+            raise TypeError(
+                f"image is {image.dtype} but the model's weights are {p.dtype}; "
+                f"convert one of them (e.g. image.to({p.dtype}))"
+            )
+        if image.device != p.device:
+            raise ValueError(
+                f"image is on {image.device} but the model is on {p.device}; "
+                f"move it with image.to({str(p.device)!r})"
+            )
+    channels = _first_conv_channels(module)
+    if channels is not None and image.shape[1] != channels:
+        raise ValueError(
+            f"image has {image.shape[1]} channel(s) but the model reads {channels}; "
+            "convvis.load_image converts grayscale and RGBA photos to RGB"
+        )
+
+
+def check_eval_mode(model) -> None:
+    """Refuse a model in training mode.
+
+    In training mode batch norm normalises with the batch's statistics and *overwrites* its
+    running statistics on every forward pass, and dropout is random: scores would depend on the
+    rest of the batch and on chance, and the model would come back changed.
+    """
+    module = as_module(model)
+    if module.training:
+        raise ValueError(
+            "the model is in training mode: batch norm and dropout would make each image's score "
+            "depend on the rest of the batch and on chance, and batch norm would overwrite its "
+            "running statistics. Call model.eval() first."
+        )
+
+
+def check_scores(scores: torch.Tensor) -> None:
+    """The model must output (N, classes) unnormalised scores, not softmax probabilities."""
+    if scores.ndim != 2:
+        raise ValueError(f"the model must output (N, classes) scores, got shape {tuple(scores.shape)}")
+    with torch.no_grad():
+        s = scores.detach()
+        if s.shape[1] > 1 and s.min() >= 0 and s.max() <= 1 and torch.allclose(
+            s.sum(1), torch.ones_like(s[:, 0]), atol=1e-3
+        ):
+            raise ValueError(
+                "the model's outputs are non-negative and sum to 1 per image: they look like softmax "
+                "probabilities. The paper differentiates the unnormalised score S_c (the logit); "
+                "remove the final softmax."
+            )
+
+
+def _class_index(name: str, class_names: Sequence[str] | None) -> int:
+    if not class_names:
+        raise TypeError(
+            f"target {name!r} is a class name, but this model has no class names; "
+            "pass a class index, or load the model with convvis.load_model"
+        )
+    key = name.strip().lower()
+    for i, n in enumerate(class_names):
+        if n.lower() == key:
+            return i
+    import difflib
+
+    lowered = [n.lower() for n in class_names]
+    close = [class_names[i] for i, n in enumerate(lowered) if key in n or n in key]
+    close += [class_names[lowered.index(n)] for n in difflib.get_close_matches(key, lowered, n=5)]
+    close = list(dict.fromkeys(close))[:5]
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise ValueError(f"unknown class name {name!r}{hint}")
+
+
+def resolve_targets(
+    target: Target,
+    scores: torch.Tensor | None = None,
+    *,
+    n: int | None = None,
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Turn ``target`` into an (N,) long tensor of class indices.
+
+    ``None``: each image's top-1 class (argmax of ``scores``, which is then required). An ``int``
+    or a class name (``"tabby cat"``, matched case-insensitively against ``class_names``): that
+    class for every image. A sequence or tensor of N ints or names: one class per image.
+
+    ``n`` and ``num_classes`` default to ``scores.shape``, so targets can also be checked before
+    any forward pass. Non-integer values (``1.7``, bools), unknown names, wrong lengths and
+    out-of-range indices raise errors that say so.
+    """
+    if scores is not None:
+        n = scores.shape[0] if n is None else n
+        num_classes = scores.shape[1] if num_classes is None else num_classes
+        device = scores.device if device is None else device
+    if target is None:
+        if scores is None:
+            raise ValueError("target=None (top-1) needs the model's scores")
+        return scores.detach().argmax(dim=1)
+    if isinstance(target, bool) or (isinstance(target, torch.Tensor) and target.dtype == torch.bool):
+        raise TypeError("target must be a class index or name, not a bool")
+    if isinstance(target, (int, np.integer, str)):
+        items: list = [target]
+    elif isinstance(target, torch.Tensor):
+        if target.is_floating_point() or target.is_complex():
+            raise TypeError(f"target must hold integer class indices, got {target.dtype}")
+        items = target.detach().reshape(-1).tolist()
+    elif isinstance(target, np.ndarray):
+        if not np.issubdtype(target.dtype, np.integer):
+            raise TypeError(f"target must hold integer class indices, got {target.dtype}")
+        items = target.reshape(-1).tolist()
+    elif isinstance(target, Sequence):
+        items = list(target)
+    elif isinstance(target, (float, np.floating)):
+        raise TypeError(f"target {target!r} is not an integer class index or a class name")
+    else:
+        raise TypeError(
+            f"target must be an int, a class name, a sequence or a tensor, not {type(target).__name__}"
+        )
+    idx = []
+    for t in items:
+        if isinstance(t, str):
+            idx.append(_class_index(t, class_names))
+        elif isinstance(t, (bool, np.bool_)):
+            raise TypeError("target must be a class index or name, not a bool")
+        elif isinstance(t, (int, np.integer)):
+            idx.append(int(t))
+        elif isinstance(t, torch.Tensor) and t.numel() == 1 and not t.is_floating_point():
+            idx.append(int(t))
+        else:
+            raise TypeError(f"target {t!r} is not an integer class index or a class name")
+    if not idx:
+        raise ValueError("no target classes given")
+    out = torch.tensor(idx, dtype=torch.long, device=device)
+    if n is not None:
+        if out.numel() == 1:
+            out = out.expand(n)
+        elif out.numel() != n:
+            raise ValueError(f"got {out.numel()} targets for a batch of {n} images")
+    if num_classes is not None:
+        bad = (out < 0) | (out >= num_classes)
+        if bool(bad.any()):
+            raise IndexError(
+                f"target class {int(out[bad][0])} is out of range: the model has {num_classes} classes"
+            )
+    return out
+
+
+@contextlib.contextmanager
+def frozen_parameters(model) -> Iterator[nn.Module]:
+    """Temporarily set ``requires_grad=False`` on every parameter; restore each flag on exit.
+
+    With frozen weights autograd neither computes nor stores what weight gradients would need,
+    so an input-gradient pass costs one forward and one backward to the input, nothing more.
+    Flags are restored in ``finally``, also when the body raises.
+    """
+    module = as_module(model)
+    params = list(module.parameters())
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield module
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+
+
+@contextlib.contextmanager
+def capture_output(model, layer: str) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the output of ``model.get_submodule(layer)`` while the block runs.
+
+    Yields a dict whose ``"output"`` entry holds the layer's latest output (with its autograd
+    history, so gradients can be taken with respect to it). The forward hook is removed on exit,
+    also when the body raises. An unknown layer name raises ``ValueError``.
+    """
+    module = as_module(model)
+    try:
+        target = module.get_submodule(layer)
+    except AttributeError:
+        raise ValueError(f"the model has no module named {layer!r}") from None
+    store: dict[str, torch.Tensor] = {}
+
+    def keep(mod, args, out):
+        store["output"] = out
+
+    handle = target.register_forward_hook(keep)
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+def score_gradient(
+    model,
+    image: torch.Tensor,
+    target: Target = None,
+    *,
+    layer: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The one recipe: d S_c / d (input or a layer's output), for a batch, in one backward pass.
+
+    Checks the model (eval mode) and the image (see :func:`check_image`), runs one forward pass
+    with the weights frozen, checks the scores are unnormalised, resolves ``target`` (see
+    :func:`resolve_targets`), and differentiates the sum of the selected scores. Images in an
+    eval-mode batch are independent, so the gradient of the sum is each image's own gradient.
+
+    Returns ``(grad, score, target, features)``: ``grad`` has the shape of ``image`` (N,C,H,W) or,
+    with ``layer``, of that layer's output; ``score`` (N,) is S_c(I); ``target`` (N,) the classes;
+    ``features`` the detached layer output (``None`` without ``layer``). Run it inside
+    :func:`convvis.backprop_rule` for DeconvNet or guided backprop. Neither the model nor the
+    image is modified.
+    """
+    module = as_module(model)
+    check_eval_mode(module)
+    check_image(image, module)
+    x = image.detach().requires_grad_(True)  # a new leaf: the caller's tensor is untouched
+    ctx = capture_output(module, layer) if layer is not None else contextlib.nullcontext({})
+    with ctx as store, frozen_parameters(module), torch.enable_grad():
+        scores = module(x)
+        check_scores(scores)
+        t = resolve_targets(target, scores, class_names=class_names_of(model))
+        selected = scores.gather(1, t[:, None])[:, 0]
+        wrt = store["output"] if layer is not None else x
+        if layer is not None and not (isinstance(wrt, torch.Tensor) and wrt.requires_grad):
+            raise ValueError(f"layer {layer!r} does not output a tensor that depends on the image")
+        (grad,) = torch.autograd.grad(selected.sum(), wrt)
+    feats = store["output"].detach() if layer is not None else None
+    return grad, selected.detach(), t, feats

@@ -109,6 +109,8 @@ def test_pages_workflow_builds_tests_and_publishes_the_book():
     runs = " ".join(s.get("run", "") for s in steps)
     assert "pip install -r requirements.txt && jupyter-book build ." in runs  # README command 1
     assert "pytest" in runs and "-W -n" in runs
+    checkout = next(s for s in steps if s.get("uses", "").startswith("actions/checkout"))
+    assert checkout["with"]["fetch-depth"] == 0, "tests/test_colab.py needs the branch main in CI"
     upload = next(s for s in steps if s.get("uses", "").startswith("actions/upload-pages-artifact"))
     assert upload["with"]["path"] == "_build/html"
     deploy = wf["jobs"]["deploy"]

@@ -319,9 +319,9 @@ def score_gradient(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The one recipe: d S_c / d (input or a layer's output), for a batch, in one backward pass.
 
-    Checks the model (eval mode) and the image (see :func:`check_image`), runs one forward pass
+    Checks the model (eval mode) and the image (``check_image``), runs one forward pass
     with the weights frozen, checks the scores are unnormalised, resolves ``target`` (see
-    :func:`resolve_targets`), and differentiates the sum of the selected scores. Images in an
+    :func:`convvis.resolve_targets`), and differentiates the sum of the selected scores. Images in an
     eval-mode batch are independent, so the gradient of the sum is each image's own gradient.
 
     Returns ``(grad, score, target, features)``: ``grad`` has the shape of ``image`` (N,C,H,W) or,

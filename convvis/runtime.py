@@ -37,7 +37,7 @@ def setup(seed: int | None = 0, device: str | torch.device | None = None) -> tor
     Parameters
     ----------
     seed:
-        Seed for :mod:`random`, NumPy's legacy global generator and PyTorch (CPU and every CUDA
+        Seed for Python's ``random``, NumPy's legacy global generator and PyTorch (CPU and every CUDA
         device). ``None`` leaves all generators untouched.
     device:
         ``"cpu"``, ``"cuda"``, ``"cuda:1"``, a :class:`torch.device`, or ``None`` for CUDA when

@@ -98,7 +98,8 @@ def saliency_map(
     image:
         (N,C,H,W) normalised batch.
     target:
-        One class for all, one per image, or ``None`` for each image's top-1 class.
+        One class (index or name such as ``"tabby"``) for all, one per image, or ``None`` for
+        each image's top-1 class.
     reduce:
         ``"max"`` over channels of |w| (the paper's rule, default), ``"sum"``, ``"abs"`` or
         ``"signed"`` (see :data:`REDUCTIONS`).

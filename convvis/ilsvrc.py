@@ -38,6 +38,8 @@ __all__ = [
     "box_to_photo",
     "ILSVRCLocalisation",
     "IMAGE_SUFFIXES",
+    "write_annotation",
+    "write_sample_fixture",
 ]
 
 IMAGE_SUFFIXES = (".JPEG", ".jpeg", ".jpg", ".JPG", ".png", ".PNG")
@@ -246,3 +248,63 @@ class ILSVRCLocalisation(torch.utils.data.Dataset):
             return item
         item.update(image=photo_to_input(photo, self.spec), size=size, objects=objects, wnids=wnids)
         return item
+
+
+def write_annotation(path: str | os.PathLike, name: str, size: tuple[int, int],
+                     objects: Sequence[tuple[str, Sequence[float]]]) -> None:
+    """Write one ILSVRC-style XML: ``size`` (H, W), ``objects`` as ``(wnid, [x0, y0, x1, y1))``
+    in 0-based exclusive pixels (stored, as ILSVRC does, as inclusive 1-based corners)."""
+    h, w = size
+    objs = "".join(
+        f"<object><name>{wnid}</name><bndbox><xmin>{round(x0) + 1}</xmin><ymin>{round(y0) + 1}</ymin>"
+        f"<xmax>{round(x1)}</xmax><ymax>{round(y1)}</ymax></bndbox></object>"
+        for wnid, (x0, y0, x1, y1) in objects)
+    Path(path).write_text(
+        f"<annotation><folder>val</folder><filename>{name}</filename><size><width>{w}</width>"
+        f"<height>{h}</height><depth>3</depth></size>{objs}</annotation>\n", encoding="utf-8")
+
+
+def write_sample_fixture(root: str | os.PathLike, count: int | None = None,
+                         names: Sequence[str] | None = None) -> tuple[Path, Path]:
+    """Write the book's sample photos and boxes in the ILSVRC validation layout under ``root``.
+
+    Each photo appears as is, flipped left-right, upside down, and both (4 variants), repeated
+    with new names until ``count`` photos (default: one of each variant), as
+    ``root/images/ILSVRC2012_val_%08d.JPEG`` (quality 90) and ``root/annotations/....xml``. An
+    object with several accepted classes (cat breeds) gets one XML object per class, same box,
+    so any of them counts. ``names``: only these sample photos. Returns the two folders.
+    """
+    from PIL import Image
+
+    from .images import load_annotations, sample_names, sample_path
+
+    root = Path(root)
+    img_dir, xml_dir = root / "images", root / "annotations"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    xml_dir.mkdir(parents=True, exist_ok=True)
+    wnids = imagenet_wnids()
+    notes = load_annotations()
+    variants = []
+    for photo_name in names or sample_names():
+        im = Image.open(sample_path(photo_name)).convert("RGB")
+        w, h = im.size
+        objs = [(wnids[c], o["box"]) for o in notes[photo_name]["objects"] for c in o["classes"]]
+        for flip_x in (False, True):
+            for flip_y in (False, True):
+                v = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip_x else im
+                v = v.transpose(Image.Transpose.FLIP_TOP_BOTTOM) if flip_y else v
+                boxes = []
+                for wnid, (x0, y0, x1, y1) in objs:
+                    if flip_x:
+                        x0, x1 = w - x1, w - x0
+                    if flip_y:
+                        y0, y1 = h - y1, h - y0
+                    boxes.append((wnid, (x0, y0, x1, y1)))
+                variants.append((v, boxes))
+    count = len(variants) if count is None else count
+    for k in range(count):
+        v, boxes = variants[k % len(variants)]
+        name = f"ILSVRC2012_val_{k + 1:08d}"
+        v.save(img_dir / f"{name}.JPEG", quality=90)
+        write_annotation(xml_dir / f"{name}.xml", name, (v.size[1], v.size[0]), boxes)
+    return img_dir, xml_dir

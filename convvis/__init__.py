@@ -11,7 +11,7 @@ Every chapter's entry point is here, at the top level:
 * Sect. 3.1, saliency maps: :func:`saliency_map` and the later methods, and the faithfulness
   metrics (:func:`deletion_auc`, :func:`pointing_game`, ...);
 * Sect. 3.2, localisation: :func:`segment`, :func:`localise_images`, their stages and baselines,
-  and the ILSVRC format;
+  and the ILSVRC format (``python -m convvis.localise`` runs the paper's ImageNet protocol);
 * Sect. 4, DeconvNets: :func:`backprop_rule`, :func:`rule_gradient`, :func:`reconstruct`.
 
 ``target`` means one thing everywhere: an int, a class name such as ``"tabby"``, a sequence or
@@ -59,6 +59,16 @@ from .gradients import (
     input_gradient,
     rectifier_states,
     taylor_curve,
+)
+from .ilsvrc import (
+    ILSVRCLocalisation,
+    box_to_photo,
+    imagenet_wnids,
+    localisation_correct,
+    photo_to_input,
+    read_ilsvrc_boxes,
+    write_annotation,
+    write_sample_fixture,
 )
 from .images import (
     box_to_input,
@@ -109,19 +119,15 @@ from .saliency import (
     smoothgrad,
 )
 from .segmentation import (
-    ILSVRCLocalisation,
     Segmentation,
     bounding_box,
     box_iou,
     graph_cut,
     graph_cut_energy,
-    imagenet_wnids,
     largest_component,
-    localisation_correct,
     localise_images,
     neighbour_pairs,
     pairwise_weights,
-    read_ilsvrc_boxes,
     seeds_from_saliency,
     segment,
 )
@@ -155,7 +161,10 @@ __all__ = [
     "segment", "localise_images", "Segmentation", "seeds_from_saliency", "ColourModel",
     "fit_colour_model", "unaries", "pairwise_weights", "neighbour_pairs", "graph_cut",
     "graph_cut_energy", "largest_component", "bounding_box", "box_iou", "threshold_box", "centre_box",
-    "grabcut_mask", "localisation_correct", "read_ilsvrc_boxes", "ILSVRCLocalisation", "imagenet_wnids",
+    "grabcut_mask",
+    # the ILSVRC format and the localisation command's fixtures (chapter 4; python -m convvis.localise)
+    "localisation_correct", "read_ilsvrc_boxes", "ILSVRCLocalisation", "imagenet_wnids", "photo_to_input",
+    "box_to_photo", "write_annotation", "write_sample_fixture",
     # DeconvNets and guided backprop (chapter 5)
     "backprop_rule", "rule_gradient", "reconstruct", "relu_backward", "RULES", "FunctionalRectifierError",
 ]

@@ -28,13 +28,10 @@ The colour models live in :mod:`convvis.colour_model`, the baselines the book co
 
 from __future__ import annotations
 
-import os
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -53,10 +50,6 @@ __all__ = [
     "Segmentation",
     "segment",
     "localise_images",
-    "localisation_correct",
-    "read_ilsvrc_boxes",
-    "ILSVRCLocalisation",
-    "imagenet_wnids",
 ]
 
 _NEIGHBOURS = ((0, 1), (1, 0), (1, 1), (1, -1))  # right, down, down-right, down-left
@@ -406,106 +399,3 @@ def localise_images(
             for p, m in tqdm(list(zip(photos, maps)), desc="graph cuts", disable=not progress, leave=False)]
 
 
-def localisation_correct(
-    predictions: Sequence[tuple[int, Sequence[float] | None]],
-    objects: Sequence[tuple[Sequence[int], Sequence[float]]],
-    iou_threshold: float = 0.5,
-) -> bool:
-    """The ILSVRC localisation criterion for one image.
-
-    ``predictions``: up to k ``(class, box)`` guesses (top-1: one; top-5: five); ``objects``: the
-    ground truth as ``(accepted classes, box)``. Correct when some guess has a class accepted for
-    some object and a box with IoU >= ``iou_threshold`` with that object's box.
-    """
-    for cls, box in predictions:
-        if box is None:
-            continue
-        for classes, gt in objects:
-            if cls in classes and box_iou(box, gt) >= iou_threshold:
-                return True
-    return False
-
-
-# ---- the ILSVRC localisation format -------------------------------------------------------------
-
-
-def imagenet_wnids() -> list[str]:
-    """The 1000 ILSVRC-2012 WordNet ids in class-index order (offline, from timm's tables)."""
-    from timm.data import ImageNetInfo
-
-    wnids = list(ImageNetInfo().label_names())
-    assert len(wnids) == 1000
-    return wnids
-
-
-def read_ilsvrc_boxes(xml_path: str | os.PathLike) -> dict:
-    """Parse one ILSVRC (PASCAL-VOC style) annotation file.
-
-    Returns ``{"filename", "width", "height", "objects": [(wnid, [x0, y0, x1, y1])]}`` with boxes
-    converted from the file's inclusive 1-based pixel corners to [x0, y0, x1, y1) in 0-based pixels.
-    """
-    path = Path(xml_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no annotation file {path}")
-    root = ET.parse(path).getroot()
-    size = root.find("size")
-    if size is None or root.find("filename") is None:
-        raise ValueError(f"{path} is not an ILSVRC annotation (no <filename> or <size>)")
-    objects = []
-    for obj in root.iter("object"):
-        bb = obj.find("bndbox")
-        x0, y0, x1, y1 = (float(bb.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax"))
-        objects.append((obj.find("name").text.strip(), [x0 - 1, y0 - 1, x1, y1]))
-    return {"filename": root.find("filename").text.strip(), "width": int(size.find("width").text),
-            "height": int(size.find("height").text), "objects": objects}
-
-
-class ILSVRCLocalisation(torch.utils.data.Dataset):
-    """ILSVRC validation images with their boxes, prepared for a model.
-
-    ``images_dir`` holds ``<filename>.JPEG`` files, ``annotations_dir`` the matching ``.xml`` files
-    (the layout of ``ILSVRC2012_img_val`` and ``ILSVRC2012_bbox_val``). Each item is
-    ``(image (3,S,S) normalised, index)``; ``objects(index)`` gives the ground truth as
-    ``[(accepted classes, box in model-input pixels)]``, ready for :func:`localisation_correct`.
-    Use it with a ``DataLoader`` (``num_workers``, ``pin_memory``) to evaluate at scale on a GPU.
-    """
-
-    def __init__(self, images_dir, annotations_dir, spec, limit: int | None = None):
-        self.images_dir, self.annotations_dir = Path(images_dir), Path(annotations_dir)
-        if not self.annotations_dir.is_dir():
-            raise FileNotFoundError(f"no annotation folder {self.annotations_dir}")
-        self.spec = spec
-        self.xml = sorted(self.annotations_dir.glob("*.xml"))[:limit]
-        if not self.xml:
-            raise FileNotFoundError(f"no .xml annotation files in {self.annotations_dir}")
-        self.index = {w: i for i, w in enumerate(imagenet_wnids())}
-
-    def __len__(self) -> int:
-        return len(self.xml)
-
-    def _record(self, i: int) -> dict:
-        return read_ilsvrc_boxes(self.xml[i])
-
-    def image_path(self, i: int) -> Path:
-        rec = self._record(i)
-        for ext in (".JPEG", ".jpeg", ".jpg", ".png"):
-            p = self.images_dir / (rec["filename"] + ext)
-            if p.exists():
-                return p
-        raise FileNotFoundError(f"no image for {rec['filename']} in {self.images_dir}")
-
-    def __getitem__(self, i: int):
-        from .images import load_image
-
-        return load_image(self.image_path(i), self.spec, device="cpu")[0], i
-
-    def objects(self, i: int) -> list[tuple[list[int], tuple[float, float, float, float]]]:
-        from .images import box_to_input
-
-        rec = self._record(i)
-        out = []
-        for wnid, box in rec["objects"]:
-            if wnid not in self.index:
-                raise KeyError(f"{wnid} in {self.xml[i].name} is not an ILSVRC-2012 class")
-            out.append(([self.index[wnid]], box_to_input(box, (rec["height"], rec["width"]), self.spec)))
-        return out

@@ -1,21 +1,17 @@
 import numpy as np
 import pytest
-import torch
 
 import convvis
 from convvis.baselines import centre_box, grabcut_mask, threshold_box
 from convvis.colour_model import fit_colour_model, unaries
+from convvis.ilsvrc import localisation_correct
 from convvis.segmentation import (
-    ILSVRCLocalisation,
     bounding_box,
     box_iou,
     graph_cut,
     graph_cut_energy,
-    imagenet_wnids,
     largest_component,
-    localisation_correct,
     pairwise_weights,
-    read_ilsvrc_boxes,
     seeds_from_saliency,
     segment,
 )
@@ -242,42 +238,6 @@ def test_localise_runs_the_batch_pipeline(net):
     segs = convvis.localise_images(net, x, [335, 950])
     assert len(segs) == 2 and all(s.mask.shape == (224, 224) for s in segs)
     assert all(s.box is not None for s in segs)
-
-
-def write_fixture(root, wnid="n01440764"):
-    """A tiny ILSVRC-format validation set: two images and their XML, written here."""
-    from PIL import Image
-
-    (root / "img").mkdir()
-    (root / "xml").mkdir()
-    for k, (w, h) in enumerate([(300, 200), (256, 256)]):
-        name = f"ILSVRC2012_val_{k + 1:08d}"
-        Image.fromarray(np.full((h, w, 3), 120, np.uint8)).save(root / "img" / f"{name}.JPEG")
-        (root / "xml" / f"{name}.xml").write_text(
-            f"<annotation><folder>val</folder><filename>{name}</filename>"
-            f"<size><width>{w}</width><height>{h}</height><depth>3</depth></size>"
-            f"<object><name>{wnid}</name><bndbox><xmin>11</xmin><ymin>21</ymin>"
-            f"<xmax>110</xmax><ymax>120</ymax></bndbox></object></annotation>"
-        )
-
-
-def test_ilsvrc_reader_and_dataset(tmp_path, net):
-    write_fixture(tmp_path)
-    rec = read_ilsvrc_boxes(tmp_path / "xml" / "ILSVRC2012_val_00000001.xml")
-    assert rec["width"] == 300 and rec["objects"] == [("n01440764", [10.0, 20.0, 110.0, 120.0])]
-    assert imagenet_wnids()[0] == "n01440764" and len(imagenet_wnids()) == 1000
-    ds = ILSVRCLocalisation(tmp_path / "img", tmp_path / "xml", net)
-    assert len(ds) == 2
-    img, i = ds[0]
-    assert img.shape == (3, 224, 224) and i == 0
-    ((classes, box),) = ds.objects(0)
-    assert classes == [0]
-    assert box == pytest.approx(convvis.box_to_input([10, 20, 110, 120], (200, 300), net))
-    loader = torch.utils.data.DataLoader(ds, batch_size=2)
-    batch, idx = next(iter(loader))
-    assert batch.shape == (2, 3, 224, 224) and idx.tolist() == [0, 1]
-    with pytest.raises(FileNotFoundError, match="no annotation folder"):
-        ILSVRCLocalisation(tmp_path / "img", tmp_path / "missing", net)
 
 
 def test_baselines_on_the_disk_scene():

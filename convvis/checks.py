@@ -200,7 +200,7 @@ def check_saliency(fn: Callable) -> None:
         if out.shape == g.shape:
             raise CheckFailed(f"the map has shape {tuple(out.shape)}, one value per colour channel; the "
                               "paper reduces the channels to one value per pixel: max over c of |w|")
-        if out.shape in (want.shape[:1] + g.shape[2:], g.shape[:2]) and out.shape != want.shape:
+        if out.shape in (g.shape[:2], g.shape[::2]) and out.shape != want.shape:  # (3,H) or (3,W)
             raise CheckFailed(f"the map has shape {tuple(out.shape)}: you reduced over a spatial axis; the "
                               "channels are dim 0 of the (3,H,W) gradient (dim 1 of the (1,3,H,W) batch)")
         if out.shape != want.shape:

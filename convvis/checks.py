@@ -6,6 +6,11 @@ a message that names the mistake (a shape, a sign, a sum where the paper takes a
 softmax where it uses the raw score, hooks or gradient flags left behind), not only that there is
 one. The reference answers come from :mod:`convvis` itself, which the tests check independently.
 
+A solution must do the work itself: while the student's function runs, the checker watches which
+Python functions are entered, and fails if convvis's own implementation of that exercise is among
+them (:func:`_library_solutions` lists them), however it was imported. The building blocks stay
+allowed: ``torch.autograd``, NumPy, PyMaxflow, and this module's fixtures.
+
 =============================  ====================================  ==========
 checker                        the student's function                chapter
 =============================  ====================================  ==========
@@ -19,7 +24,9 @@ checker                        the student's function                chapter
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
+from types import CodeType
 
 import numpy as np
 import torch
@@ -38,6 +45,62 @@ __all__ = [
 
 class CheckFailed(AssertionError):
     """A student's function gave a wrong answer; the message says which and, where it can, why."""
+
+
+def _library_solutions(exercise: str) -> dict[CodeType, str]:
+    """Code objects of convvis's own answer to ``exercise`` (and the helpers doing its core) -> name.
+
+    The one table to update when these functions move between modules. Imported lazily, so that
+    importing the checkers imports nothing else of the package.
+    """
+    from . import common, deconvnet, gradients, saliency, segmentation
+
+    # common.score_gradient is the one recipe behind every gradient of the package (input_gradient,
+    # rule_gradient, smoothgrad, ...): entering it means the library took the gradient
+    table = {
+        "saliency": [saliency.saliency_map, saliency.reduce_channels, gradients.input_gradient,
+                     common.score_gradient],
+        "class_model_step": [gradients.input_gradient, common.score_gradient],
+        "seeds": [segmentation.seeds_from_saliency, segmentation._extreme],
+        "graph_cut": [segmentation.graph_cut],
+        "relu_rule": [deconvnet.relu_backward, deconvnet._Rectify.backward],
+    }
+    return {f.__code__: f"{f.__module__}.{f.__qualname__}" for f in table[exercise]}
+
+
+def _run(exercise: str, fn: Callable, *args):
+    """``fn(*args)``, failing if it enters convvis's own implementation of ``exercise``.
+
+    A profile function (not a patched module attribute, which ``from convvis... import`` would
+    escape) records every Python call; it is removed in ``finally``, and any profiler that was
+    active before is put back. Autograd runs CPU backward functions on the calling thread, so
+    they are seen too.
+    """
+    forbidden, entered = _library_solutions(exercise), []
+
+    def profile(frame, event, arg):
+        if event == "call" and not entered and frame.f_code in forbidden:
+            entered.append(forbidden[frame.f_code])
+
+    def handed_off():
+        return CheckFailed(f"your function calls {entered[0]}, convvis's own answer to this exercise: "
+                           "the exercise is to write it yourself (torch.autograd, NumPy and PyMaxflow "
+                           "are fine to use)")
+
+    previous = sys.getprofile()
+    sys.setprofile(profile)
+    try:
+        out = fn(*args)
+    except Exception as e:
+        sys.setprofile(previous)
+        if entered:
+            raise handed_off() from e
+        raise
+    finally:
+        sys.setprofile(previous)
+    if entered:
+        raise handed_off()
+    return out
 
 
 def tiny_model(seed: int = 0) -> nn.Module:
@@ -59,9 +122,13 @@ def _image(seed: int = 1) -> torch.Tensor:
 
 
 def _grad(model, image, target, prob=False) -> torch.Tensor:
+    """dS/dI (3,H,W) of the score, or of the softmax (``prob=True``) or log-softmax (``"log"``)."""
     x = image.detach().clone().requires_grad_(True)
     out = model(x)
-    score = out.softmax(1)[0, target] if prob else out[0, target]
+    if prob == "log":
+        score = out.log_softmax(1)[0, target]
+    else:
+        score = out.softmax(1)[0, target] if prob else out[0, target]
     (g,) = torch.autograd.grad(score, x)
     return g[0]
 
@@ -123,7 +190,7 @@ def check_saliency(fn: Callable) -> None:
     n = 0
     for target in (0, 2, 4):
         before, img0 = _state(model), image.clone()
-        out = _as_tensor(fn(model, image, target), "your saliency function")
+        out = _as_tensor(_run("saliency", fn, model, image, target), "your saliency function")
         _same_state(before, model, "your saliency function")
         if not torch.equal(image, img0):
             raise CheckFailed("your saliency function modified the input image in place")
@@ -136,6 +203,9 @@ def check_saliency(fn: Callable) -> None:
         if out.shape == g.shape:
             raise CheckFailed(f"the map has shape {tuple(out.shape)}, one value per colour channel; the "
                               "paper reduces the channels to one value per pixel: max over c of |w|")
+        if out.shape in (g.shape[:2], g.shape[::2]) and out.shape != want.shape:  # (3,H) or (3,W)
+            raise CheckFailed(f"the map has shape {tuple(out.shape)}: you reduced over a spatial axis; the "
+                              "channels are dim 0 of the (3,H,W) gradient (dim 1 of the (1,3,H,W) batch)")
         if out.shape != want.shape:
             raise CheckFailed(f"the map has shape {tuple(out.shape)}; expected {tuple(want.shape)} (H,W)")
         if _close(out, want):
@@ -144,7 +214,24 @@ def check_saliency(fn: Callable) -> None:
         if _close(out, g.abs().sum(0)):
             raise CheckFailed("you summed |w| over the colour channels; the paper takes the maximum "
                               "(max over c of |w_c|)")
-        if _close(out, g.amax(0)) or _close(out, g.abs().mean(0)) or (out < 0).any():
+        if _close(out, g.sum(0).abs()) or _close(out, g.sum(0)):
+            raise CheckFailed("you summed the signed gradient over the channels, where opposite signs "
+                              "cancel; the paper takes the maximum of the absolute values, max_c |w_c|")
+        if any(_close(out, m) for m in (g.abs().mean(0), g.mean(0).abs(), g.mean(0))):
+            raise CheckFailed("you averaged over the colour channels; the paper takes the maximum of the "
+                              "absolute values, max_c |w_c|")
+        if _close(out, g.amax(0).abs()):
+            raise CheckFailed("you took the absolute value after the maximum: |max_c w_c| misses a large "
+                              "negative derivative; the paper takes max_c |w_c|, abs first")
+        if _close(out, want / want.max()) or _close(out, (want - want.min()) / (want.max() - want.min())):
+            raise CheckFailed("the map is rescaled to [0, 1]; return max_c |dS_c/dI| in the gradient's own "
+                              "units (rescale only to display it)")
+        if _close(out, want**2) or _close(out, (g**2).sum(0)):
+            raise CheckFailed("you squared the gradient; the paper's map is max_c |w_c|")
+        if _close(out, (g * image[0]).abs().amax(0)) or _close(out, (g * image[0]).abs().sum(0)):
+            raise CheckFailed("you multiplied the gradient by the image (gradient x input); the paper's map "
+                              "is the gradient alone, max_c |w_c|")
+        if _close(out, g.amax(0)) or (out < 0).any():
             raise CheckFailed("the map should be max_c |w|: take the absolute value of the gradient before "
                               "the maximum (a negative derivative is as informative as a positive one)")
         gp = _grad(model, image, target, prob=True)
@@ -152,6 +239,11 @@ def check_saliency(fn: Callable) -> None:
             raise CheckFailed("you differentiated the softmax probability; the paper differentiates the "
                               "unnormalised class score S_c (the logit), which does not depend on the "
                               "other classes")
+        gl = _grad(model, image, target, prob="log")
+        if _close(out, gl.abs().amax(0)):
+            raise CheckFailed("you differentiated the log-softmax (the log-probability, or the cross-entropy "
+                              "loss); the paper differentiates the unnormalised class score S_c (the "
+                              "logit), which does not depend on the other classes")
         others = [t for t in range(5) if t != target]
         if any(_close(out, _grad(model, image, t).abs().amax(0)) for t in others):
             raise CheckFailed(f"the map is the one of another class than target={target}: select the "
@@ -173,7 +265,7 @@ def check_class_model_step(fn: Callable) -> None:
     for seed, target, lr, lam in ((1, 0, 0.5, 0.1), (2, 3, 0.1, 0.5), (3, 1, 1.0, 0.0)):
         image = _image(seed)
         before, img0 = _state(model), image.clone()
-        out = _as_tensor(fn(model, image, target, lr, lam), "your step")
+        out = _as_tensor(_run("class_model_step", fn, model, image, target, lr, lam), "your step")
         _same_state(before, model, "your step")
         if not torch.equal(image, img0):
             raise CheckFailed("your step modified the input image in place: return a new tensor")
@@ -215,19 +307,34 @@ def check_seeds(fn: Callable) -> None:
     rng = np.random.default_rng(0)
     n = 0
     for fq, bq in ((0.95, 0.30), (0.90, 0.20), (0.80, 0.50)):
-        sal = rng.random((20, 30))
+        # like a real map: non-negative, skewed, in gradient units far below 1, so that a threshold
+        # on the values themselves (or on a percentage) selects plainly wrong sets
+        sal = rng.exponential(0.02, (20, 30)) ** 2
         sal0 = sal.copy()
-        out = fn(sal, fq, bq)
+        out = _run("seeds", fn, sal, fq, bq)
         if not (isinstance(out, tuple) and len(out) == 2):
             raise CheckFailed("return a pair (fg, bg) of boolean masks")
         fg, bg = (np.asarray(m) for m in out)
         if not np.array_equal(sal, sal0):
             raise CheckFailed("your function modified the saliency map in place")
+        if fg.ndim == 2 and fg.shape[0] == 2 and np.issubdtype(fg.dtype, np.integer):
+            raise CheckFailed("you returned pixel indices (np.nonzero / np.where); return (H,W) boolean "
+                              "masks")
         if fg.shape != sal.shape or bg.shape != sal.shape:
             raise CheckFailed(f"masks have shapes {fg.shape}, {bg.shape}; expected {sal.shape}")
         if fg.dtype != bool or bg.dtype != bool:
             raise CheckFailed(f"masks must be boolean arrays, got {fg.dtype} and {bg.dtype}")
         want_fg, want_bg = seeds_from_saliency(sal, fq, bq)
+        if np.array_equal(fg, sal > fq) or np.array_equal(bg, sal < bq):
+            raise CheckFailed(f"you compared the saliency values with the quantile level itself "
+                              f"(saliency > {fq}); the seeds are defined by the map's quantiles: "
+                              f"np.quantile(saliency, {fq}) is the value above which the top "
+                              f"{1 - fq:.0%} of the pixels lie")
+        if np.array_equal(fg, sal > np.quantile(sal, fq / 100)) or np.array_equal(
+                bg, sal < np.quantile(sal, bq / 100)):
+            raise CheckFailed(f"np.percentile takes a percentage, 0 to 100: np.percentile(saliency, {fq}) is "
+                              f"the {fq} % point, not the {fq:.0%} one; use np.quantile(saliency, {fq}) "
+                              f"or np.percentile(saliency, {100 * fq:g})")
         if np.array_equal(fg, want_bg) or np.array_equal(bg, want_fg) or sal[fg].mean() < sal[bg].mean():
             raise CheckFailed("foreground and background are swapped: the foreground seeds are the *most* "
                               "salient pixels")
@@ -271,7 +378,7 @@ def check_graph_cut(fn: Callable) -> None:
         r = rng.random((h, w))
         fg, bg = r > 0.9, r < 0.1
         args = (cost_fg.copy(), cost_bg.copy(), [x.copy() for x in weights], fg.copy(), bg.copy())
-        mask = np.asarray(fn(*args))
+        mask = np.asarray(_run("graph_cut", fn, *args))
         if mask.shape != (h, w):
             raise CheckFailed(f"the mask has shape {mask.shape}; expected {(h, w)}")
         mask = mask.astype(bool)
@@ -306,12 +413,13 @@ def check_relu_rule(fn: Callable) -> None:
     """
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 4, 4, generator=g)
+    x[x.abs() < 0.3] = 0.0  # exact zeros, as after an earlier rectifier: 1(x > 0) and 1(x >= 0) differ
     grad = torch.randn(2, 3, 4, 4, generator=g)
     want = {"gradient": grad * (x > 0), "deconvnet": grad.clamp(min=0), "guided": grad.clamp(min=0) * (x > 0)}
     n = 0
     for rule, expected in want.items():
         x0, g0 = x.clone(), grad.clone()
-        out = _as_tensor(fn(x, grad, rule), f"your rule {rule!r}").float()
+        out = _as_tensor(_run("relu_rule", fn, x, grad, rule), f"your rule {rule!r}").float()
         if not (torch.equal(x, x0) and torch.equal(grad, g0)):
             raise CheckFailed(f"rule {rule!r} modified its inputs in place")
         if out.shape != expected.shape:
@@ -327,7 +435,13 @@ def check_relu_rule(fn: Callable) -> None:
             raise CheckFailed(f"rule {rule!r} returned the forward signal; the backward rule passes "
                               "(parts of) the signal `grad` arriving from above")
         if torch.equal(out, grad * (x >= 0)) or torch.equal(out, grad.clamp(min=0) * (x >= 0)):
-            raise CheckFailed("the forward gate is 1(x > 0), strictly")
+            raise CheckFailed(f"rule {rule!r}: the forward gate is 1(x > 0), strictly; a unit with input "
+                              "exactly 0 passes nothing back")
+        if any(torch.equal(out, gate.float()) for gate in (x > 0, grad > 0, (x > 0) & (grad > 0))):
+            raise CheckFailed(f"rule {rule!r} returned the gate (0s and 1s); return the signal `grad` "
+                              "multiplied by it")
+        if torch.equal(out, grad):
+            raise CheckFailed(f"rule {rule!r} passes `grad` through unchanged; every rule gates it")
         if torch.equal(out, grad * (grad > 0) * (x < 0)) or torch.equal(out, grad * (x < 0)):
             raise CheckFailed(f"rule {rule!r}: the gate is inverted; a ReLU passes where x > 0")
         raise CheckFailed(f"rule {rule!r} differs from the expected signal at "

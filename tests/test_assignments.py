@@ -84,3 +84,76 @@ def test_student_edition_runs_with_only_the_exercise_stubs_failing(stem, tmp_pat
               if not (e.ename == "NotImplementedError" and e.evalue.startswith("Exercise:"))]
     assert not others, f"{stem} student edition: errors other than the exercise stubs: {others}"
     assert errors, f"{stem} student edition: no exercise stub was reached"
+
+
+# ---- a student edition does not show the answers before the stubs --------------------------------
+
+# What each chapter's answer looks like in code. None of it may appear in the student edition's code
+# (cells, or fenced code in the prose): the exercise would be a copy. Calls to convvis are fine.
+ANSWERS = {
+    "02_class_models": [r"\b2\s*\*\s*lam\b", r"\blam\w*\s*\*\s*\(?\s*\w+\s*\*\*\s*2"],
+    "03_saliency": [r"\.abs\(\)\s*\.\s*a?max\(", r"\ba?max\(\s*(torch\.)?abs\("],
+    "04_graphcut_segmentation": [r"[<>]=?\s*np\.(quantile|percentile)\(", r"add_grid_t?edges",
+                                 r"get_grid_segments", r"maxflow\.Graph"],
+    "05_deconvnet": [r"clamp\(\s*min\s*=\s*0\s*\)", r"\*\s*\(\s*\w+\s*>\s*0\s*\)", r"\*\s*forward_gate"],
+}
+# showing the library's own answer is a leak in every chapter
+SHOWN = (r"(getsource|literalinclude).*"
+         r"(saliency_map|reduce_channels|seeds_from_saliency|graph_cut|relu_backward)")
+
+
+def leaks(student_nb: Path, teacher_nb: Path, patterns: list[str]) -> list[str]:
+    """Code in the student edition that gives an exercise's answer away: a line of a solution
+    (20 characters or more), or one of ``patterns``."""
+    import re
+
+    def code(nb_path):
+        for cell in json.loads(Path(nb_path).read_text())["cells"]:
+            src = "".join(cell["source"])
+            if cell["cell_type"] == "code":
+                yield src
+            else:
+                yield from re.findall(r"```.*?\n(.*?)```", src, flags=re.S)
+
+    student = list(code(student_nb))
+    stubbed = {s for s in student if "NotImplementedError(\"Exercise:" in s}
+    solution_lines = set()
+    for src in code(teacher_nb):
+        if any(s.split("raise NotImplementedError")[0].strip() in src for s in stubbed):
+            solution_lines |= {line.strip() for line in src.split("\n") if len(line.strip()) >= 20
+                               and not line.strip().startswith(("def ", '"""', "#", "return", "import"))}
+    found = []
+    for src in student:
+        for line in src.split("\n"):
+            if line.strip() in solution_lines and src not in stubbed:
+                found.append(f"solution line: {line.strip()}")
+            found += [f"{p!r}: {line.strip()}" for p in (*patterns, SHOWN) if re.search(p, line)]
+    return found
+
+
+@pytest.mark.parametrize("stem", sorted(ANSWERS))
+def test_student_editions_do_not_show_the_answers(stem, tmp_path):
+    make_editions([ROOT / "chapters" / f"{stem}.ipynb"], tmp_path)
+    found = leaks(tmp_path / "student" / f"{stem}.ipynb", tmp_path / "teacher" / f"{stem}.ipynb",
+                  ANSWERS[stem])
+    assert not found, f"{stem}: the student edition shows the answer: {found}"
+
+
+def test_the_leak_finder_finds_leaks(tmp_path):
+    cells = [
+        {"cell_type": "code", "source": "by_hand = w.abs().amax(dim=1)", "metadata": {}, "outputs": []},
+        {"cell_type": "code", "source": "q = x.square().sum() + y_very_long_name_here", "metadata": {},
+         "outputs": []},
+        {"cell_type": "markdown", "source": "```python\nfg = s > np.quantile(s, 0.95)\n```", "metadata": {}},
+        {"cell_type": "code", "source": "print(inspect.getsource(convvis.graph_cut))", "metadata": {},
+         "outputs": []},
+        {"cell_type": "code", "metadata": {}, "outputs": [],
+         "source": f"def f(x):\n    {BEGIN}\n    q = x.square().sum() + y_very_long_name_here\n    {END}"},
+    ]
+    src = tmp_path / "nb.ipynb"
+    src.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    make_editions([src], tmp_path)
+    found = leaks(tmp_path / "student" / "nb.ipynb", tmp_path / "teacher" / "nb.ipynb",
+                  ANSWERS["03_saliency"] + ANSWERS["04_graphcut_segmentation"])
+    assert len(found) == 4, found
+    assert any("by_hand" in f for f in found) and any("solution line" in f for f in found)

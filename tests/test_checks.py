@@ -41,13 +41,85 @@ def test_the_chapters_solutions_pass(checker, name, capsys):
     assert "checks passed" in capsys.readouterr().out
 
 
-def test_the_library_passes_its_own_checks():
+def test_the_library_passes_its_own_checks(monkeypatch):
     from convvis.deconvnet import relu_backward
+    from convvis.saliency import saliency_map
     from convvis.segmentation import graph_cut, seeds_from_saliency
 
+    monkeypatch.setattr(checks, "_library_solutions", lambda exercise: {})  # allow the hand-off
+    checks.check_saliency(lambda m, x, t: saliency_map(m, x, t)[0])
     checks.check_seeds(seeds_from_saliency)
     checks.check_graph_cut(graph_cut)
     checks.check_relu_rule(lambda x, g, rule: relu_backward(x, g, rule))
+
+
+# ---- calling the library is not a solution ---------------------------------------------------------
+
+
+def _handoffs():
+    from convvis import deconvnet, saliency, segmentation
+    from convvis.deconvnet import backprop_rule, relu_backward
+    from convvis.gradients import input_gradient
+    from convvis.saliency import saliency_map
+
+    def relu_through_the_rule_context(x, g, rule):  # reaches relu_backward inside autograd
+        act = torch.nn.ReLU()
+        with backprop_rule(act, rule):
+            xi = x.clone().requires_grad_(True)
+            return torch.autograd.grad(act(xi), xi, g)[0]
+
+    def seeds_after_a_copy(s, fq, bq):  # an exception inside the library still names the hand-off
+        return segmentation.seeds_from_saliency(np.zeros_like(s), fq, bq)
+
+    return [
+        (checks.check_saliency, lambda m, x, t: saliency_map(m, x, t)[0], "saliency.saliency_map"),
+        (checks.check_saliency, lambda m, x, t: saliency.saliency_map(m, x, t)[0], "saliency_map"),
+        (checks.check_saliency, lambda m, x, t: input_gradient(m, x, t)[0].abs().amax(0), "input_gradient"),
+        (checks.check_saliency, lambda m, x, t: saliency.reduce_channels(input_gradient(m, x, t))[0],
+         "input_gradient"),
+        (checks.check_class_model_step,
+         lambda m, x, t, lr, lam: x + lr * (input_gradient(m, x, t) - 2 * lam * x), "input_gradient"),
+        (checks.check_seeds, segmentation.seeds_from_saliency, "seeds_from_saliency"),
+        (checks.check_seeds, lambda s, fq, bq: tuple(
+            segmentation._extreme(s.ravel(), k, big).reshape(s.shape)
+            for k, big in ((round((1 - fq) * s.size), True), (round(bq * s.size), False))), "_extreme"),
+        (checks.check_seeds, seeds_after_a_copy, "seeds_from_saliency"),
+        (checks.check_graph_cut, segmentation.graph_cut, "segmentation.graph_cut"),
+        (checks.check_graph_cut, lambda *a: ~segmentation.graph_cut(*a), "segmentation.graph_cut"),
+        (checks.check_relu_rule, lambda x, g, rule: relu_backward(x, g, rule), "relu_backward"),
+        (checks.check_relu_rule, lambda x, g, rule: deconvnet.relu_backward(x, g, rule), "relu_backward"),
+        (checks.check_relu_rule, relu_through_the_rule_context, "_Rectify.backward"),
+    ]
+
+
+@pytest.mark.parametrize("k", range(13))
+def test_handing_the_exercise_to_the_library_fails(k):
+    import sys
+
+    checker, fn, name = _handoffs()[k]
+    with pytest.raises(CheckFailed, match=rf"calls convvis\.\S*{name}, convvis's own answer"):
+        checker(fn)
+    assert sys.getprofile() is None  # the watcher is removed
+
+
+def test_the_table_of_library_solutions_names_real_functions():
+    for exercise in ("saliency", "class_model_step", "seeds", "graph_cut", "relu_rule"):
+        names = checks._library_solutions(exercise).values()
+        assert names and all(n.startswith("convvis.") for n in names)
+
+
+def test_a_profiler_already_running_is_put_back(capsys):
+    import sys
+
+    def mine(frame, event, arg):
+        pass
+
+    sys.setprofile(mine)
+    try:
+        checks.check_relu_rule(solution("my_relu_backward"))
+        assert sys.getprofile() is mine
+    finally:
+        sys.setprofile(None)
 
 
 # ---- typical wrong answers -------------------------------------------------------------------------
@@ -56,7 +128,10 @@ def test_the_library_passes_its_own_checks():
 def _grad(model, image, target, prob=False):
     x = image.detach().clone().requires_grad_(True)
     out = model(x)
-    s = out.softmax(1)[0, target] if prob else out[0, target]
+    if prob == "log":
+        s = out.log_softmax(1)[0, target]
+    else:
+        s = out.softmax(1)[0, target] if prob else out[0, target]
     return torch.autograd.grad(s, x)[0][0]
 
 
@@ -109,6 +184,17 @@ def sal_in_place(model, image, target):
     (sal_per_channel, "one value per colour channel"),
     (sal_sum, "summed"),
     (sal_no_abs, "absolute value"),
+    (lambda m, i, t: _grad(m, i, t).amax(0).abs(), "absolute value after the maximum"),
+    (lambda m, i, t: _grad(m, i, t).sum(0).abs(), "signed gradient"),
+    (lambda m, i, t: _grad(m, i, t).abs().mean(0), "averaged"),
+    (lambda m, i, t: _grad(m, i, t).mean(0).abs(), "averaged"),
+    (lambda m, i, t: _grad(m, i, t).abs().amax(0) / _grad(m, i, t).abs().amax(), r"rescaled to \[0, 1\]"),
+    (lambda m, i, t: (lambda a: (a - a.min()) / (a.max() - a.min()))(_grad(m, i, t).abs().amax(0)),
+     r"rescaled to \[0, 1\]"),
+    (lambda m, i, t: _grad(m, i, t, prob="log").abs().amax(0), "log-softmax"),
+    (lambda m, i, t: _grad(m, i, t).abs().amax(1), "spatial axis"),
+    (lambda m, i, t: (_grad(m, i, t) ** 2).amax(0), "squared"),
+    (lambda m, i, t: (_grad(m, i, t) * i[0]).abs().amax(0), "gradient x input"),
     (sal_softmax, "softmax probability"),
     (sal_wrong_class, "another class"),
     (sal_backward_on_params, r"accumulated \.grad"),
@@ -145,16 +231,24 @@ def test_class_model_step_mistakes_are_named(wrong, message):
     (lambda s, fq, bq: (s > np.quantile(s, fq), s > np.quantile(s, bq)), "swapped|below"),
     (lambda s, fq, bq: ((s > np.quantile(s, fq)).astype(int), s < np.quantile(s, bq)), "boolean"),
     (lambda s, fq, bq: s > np.quantile(s, fq), r"pair \(fg, bg\)"),
+    (lambda s, fq, bq: (s > np.percentile(s, fq), s < np.percentile(s, bq)), "takes a percentage"),
+    (lambda s, fq, bq: (s > np.quantile(s, fq), s < np.percentile(s, bq)), "takes a percentage"),
+    (lambda s, fq, bq: (s > fq, s < bq), "quantile level itself"),
+    (lambda s, fq, bq: (s > np.quantile(s, fq), s < bq), "quantile level itself"),
+    (lambda s, fq, bq: (np.nonzero(s > np.quantile(s, fq)), np.nonzero(s < np.quantile(s, bq))), "indices"),
 ])
 def test_seed_mistakes_are_named(wrong, message):
     with pytest.raises(CheckFailed, match=message):
         checks.check_seeds(wrong)
 
 
-def cut_inverted(cost_fg, cost_bg, weights, fg, bg):
-    from convvis.segmentation import graph_cut
+def _cut(cost_fg, cost_bg, weights, fg, bg):
+    """A student's graph cut with PyMaxflow (the chapter's solution), for building wrong ones."""
+    return solution("my_graph_cut")(cost_fg, cost_bg, weights, fg, bg)
 
-    return ~graph_cut(cost_fg, cost_bg, weights, fg, bg)
+
+def cut_inverted(cost_fg, cost_bg, weights, fg, bg):
+    return ~_cut(cost_fg, cost_bg, weights, fg, bg)
 
 
 def cut_unary_only(cost_fg, cost_bg, weights, fg, bg):
@@ -162,15 +256,11 @@ def cut_unary_only(cost_fg, cost_bg, weights, fg, bg):
 
 
 def cut_ignores_seeds(cost_fg, cost_bg, weights, fg, bg):
-    from convvis.segmentation import graph_cut
-
-    return graph_cut(cost_fg, cost_bg, weights)
+    return _cut(cost_fg, cost_bg, weights, np.zeros_like(fg), np.zeros_like(bg))
 
 
 def cut_two_directions_only(cost_fg, cost_bg, weights, fg, bg):
-    from convvis.segmentation import graph_cut
-
-    return graph_cut(cost_fg, cost_bg, [weights[0], weights[1], 0 * weights[2], 0 * weights[3]], fg, bg)
+    return _cut(cost_fg, cost_bg, [weights[0], weights[1], 0 * weights[2], 0 * weights[3]], fg, bg)
 
 
 @pytest.mark.parametrize("wrong, message", [
@@ -202,6 +292,10 @@ def rule_with(**override):
     (rule_with(gradient=lambda x, g: x.clamp(min=0)), "forward signal"),
     (rule_with(gradient=lambda x, g: g * (x < 0)), "inverted"),
     (rule_with(guided=lambda x, g: g.clamp(min=0) * (x > 0.5)), "differs"),
+    (rule_with(gradient=lambda x, g: g * (x >= 0)), r"1\(x > 0\), strictly"),
+    (rule_with(guided=lambda x, g: g.clamp(min=0) * (x >= 0)), r"1\(x > 0\), strictly"),
+    (rule_with(gradient=lambda x, g: (x > 0).float()), "returned the gate"),
+    (rule_with(deconvnet=lambda x, g: g), "unchanged"),
 ])
 def test_relu_rule_mistakes_are_named(wrong, message):
     with pytest.raises(CheckFailed, match=message):

@@ -100,3 +100,16 @@ def test_chapter_runs_under_a_second_configuration(chapter):
     except nbclient.exceptions.CellExecutionError as err:
         pytest.fail(f"{chapter} under {json.dumps(overrides)} failed:\n{err}")
     print(f"{chapter}: {time.perf_counter() - start:.0f} s under the second configuration")
+
+
+def test_an_unknown_model_name_fails_naming_the_known_ones():
+    nb = nbformat.read(CHAPTERS / "00_models_and_images.ipynb", as_version=4)
+    p = _parameter_cell(nb)
+    nb.cells.insert(p + 1, nbformat.v4.new_code_cell('MODEL = "efficientnet_lite9"'))
+    client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
+                                     resources={"metadata": {"path": str(CHAPTERS)}})
+    with pytest.raises(nbclient.exceptions.CellExecutionError) as err:
+        client.execute()
+    message = str(err.value)
+    assert "unknown model 'efficientnet_lite9'" in message
+    assert "efficientnet_lite0, efficientnet_lite1, efficientnet_lite2" in message and "vgg16" in message

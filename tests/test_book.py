@@ -119,3 +119,42 @@ def test_pages_workflow_builds_tests_and_publishes_the_book():
     # YAML reads a bare `on:` key as True
     triggers = wf.get("on", wf.get(True))
     assert "main" in triggers["push"]["branches"]
+
+
+def test_static_pages_drop_widget_outputs_and_state():
+    """_ext/convvis_docs.py: a display output offering a widget view (a tqdm.auto bar in the build's
+    kernel) leaves the page with all its formats, its emptied output box, and the page's widget state."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    from docutils import nodes
+    from docutils.frontend import get_default_settings
+    from docutils.parsers.rst import Parser
+    from docutils.utils import new_document
+
+    spec = importlib.util.spec_from_file_location("convvis_docs", ROOT / "_ext" / "convvis_docs.py")
+    ext = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ext)
+
+    def bundle(*mimes):
+        b = nodes.container(nb_element="mime_bundle")
+        for m in mimes:
+            b += nodes.container("", nodes.Text(m), mime_type=m)
+        return b
+
+    doc = new_document("page", get_default_settings(Parser))
+    bar_only = nodes.container(nb_element="cell_code_output", classes=["cell_output"])
+    bar_only += bundle(ext.WIDGET_VIEW, "text/plain")
+    mixed = nodes.container(nb_element="cell_code_output", classes=["cell_output"])
+    mixed += [bundle(ext.WIDGET_VIEW, "text/plain"), bundle("text/plain")]
+    cell = nodes.container(classes=["cell"])
+    cell += [bar_only]
+    doc += [cell, mixed]
+    js = {"ipywidgets_state": (None, {}), "ipywidgets_0": ("x.js", {}), "other": ("y.js", {})}
+    app = SimpleNamespace(env=SimpleNamespace(docname="page", nb_metadata={"page": {"js_files": js}}))
+
+    ext._drop_widgets(app, doc)
+    assert not list(doc.findall(ext._is_widget_output))
+    assert not cell.children  # the emptied output box goes too
+    assert len(mixed.children) == 1 and mixed.children[0].astext() == "text/plain"  # the rest stays
+    assert list(js) == ["other"]

@@ -113,6 +113,7 @@ from .saliency import (
     integrated_gradients,
     last_conv_layer,
     parameter_layers,
+    randomisation_cascade,
     randomized_copy,
     reduce_channels,
     saliency_map,
@@ -154,7 +155,8 @@ __all__ = [
     "RandomRotate", "BlurEvery", "History", "Result", "colour_sqrt_cov",
     # saliency maps and their faithfulness (chapter 3)
     "saliency_map", "reduce_channels", "REDUCTIONS", "smoothgrad", "integrated_gradients",
-    "gradient_x_input", "grad_cam", "last_conv_layer", "randomized_copy", "parameter_layers",
+    "gradient_x_input", "grad_cam", "last_conv_layer", "randomized_copy", "randomisation_cascade",
+    "parameter_layers",
     "perturbation_curve", "deletion_auc", "insertion_auc", "auc", "Protocol", "PROTOCOLS", "with_steps",
     "gaussian_blur", "pointing_game", "rank_correlation",
     # localisation (chapter 4)

@@ -440,3 +440,32 @@ def test_lite1_and_lite2_load_offline_and_classify(name):
 def test_unknown_model_names_the_offline_ones():
     with pytest.raises(ValueError, match="efficientnet_lite0, efficientnet_lite1, efficientnet_lite2"):
         convvis.load_model("efficientnet_lite7")
+
+
+# ---- the randomisation cascade ---------------------------------------------------------------------
+
+
+def test_randomisation_cascade_is_the_cumulative_loop_and_leaves_the_model_alone():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.rand(3, 3, 8, 8)
+    stages = [("top", ["6"]), ("middle", ["2"]), ("bottom", ["0"])]
+    trained, maps, corr = convvis.randomisation_cascade(model, x, [0, 1, 2], stages, seed=3, progress=True)
+    # by hand: re-initialise cumulatively, the same seed each time
+    torch.testing.assert_close(trained, convvis.saliency_map(model, x, [0, 1, 2]))
+    names = []
+    for (_, group), m, c in zip(stages, maps, corr):
+        names += group
+        ref = convvis.saliency_map(convvis.randomized_copy(model, names, seed=3), x, [0, 1, 2])
+        torch.testing.assert_close(m, ref)
+        np.testing.assert_allclose(c, convvis.rank_correlation(trained, ref).numpy())
+    assert corr.shape == (3, 3)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    # another method, and targets resolved once on the trained model (None: its top-1)
+    top1 = model(x).argmax(1)
+    t2, _, _ = convvis.randomisation_cascade(model, x, None, stages[:1], method=convvis.grad_cam)
+    torch.testing.assert_close(t2, convvis.grad_cam(model, x, top1))
+    with pytest.raises(ValueError, match="no stages"):
+        convvis.randomisation_cascade(model, x, 0, [])

@@ -92,7 +92,6 @@ def _run(exercise: str, fn: Callable, *args):
     try:
         out = fn(*args)
     except Exception as e:
-        sys.setprofile(previous)
         if entered:
             raise handed_off() from e
         raise
@@ -356,18 +355,12 @@ def check_seeds(fn: Callable) -> None:
     _passed("check_seeds", n)
 
 
-def _energy(labels, cost_fg, cost_bg, weights) -> float:
-    from .segmentation import graph_cut_energy  # the one definition of the energy
-
-    return graph_cut_energy(labels, cost_fg, cost_bg, weights)
-
-
 def check_graph_cut(fn: Callable) -> None:
     """``fn(cost_fg, cost_bg, weights, fg_seeds, bg_seeds) -> (H,W) bool``, True = foreground: the
     labelling of minimum energy sum_p U_p(L_p) + sum_{p~q} w_pq [L_p != L_q] with the seeds as hard
     constraints; ``weights`` as :func:`convvis.segmentation.pairwise_weights` returns them.
     """
-    from .segmentation import graph_cut, pairwise_weights
+    from .segmentation import graph_cut, graph_cut_energy, pairwise_weights
 
     rng = np.random.default_rng(3)
     n = 0
@@ -383,7 +376,8 @@ def check_graph_cut(fn: Callable) -> None:
             raise CheckFailed(f"the mask has shape {mask.shape}; expected {(h, w)}")
         mask = mask.astype(bool)
         best = graph_cut(cost_fg, cost_bg, weights, fg, bg)
-        e, e_best = _energy(mask, cost_fg, cost_bg, weights), _energy(best, cost_fg, cost_bg, weights)
+        e = graph_cut_energy(mask, cost_fg, cost_bg, weights)
+        e_best = graph_cut_energy(best, cost_fg, cost_bg, weights)
         if np.array_equal(~mask, best) or (mask[bg].all() and not mask[fg].any()):
             raise CheckFailed("the labels are inverted: True must mean foreground (in PyMaxflow, "
                               "get_grid_segments is True on the sink side, so the sink capacity is the "
@@ -392,7 +386,7 @@ def check_graph_cut(fn: Callable) -> None:
             raise CheckFailed(f"hard seeds not respected: {int((~mask[fg]).sum())} foreground seed(s) "
                               f"labelled background, {int(mask[bg].sum())} background seed(s) foreground")
         if e > e_best + 1e-6 * max(1.0, abs(e_best)):
-            e_unary = _energy(mask, cost_fg, cost_bg, [0 * x for x in weights])
+            e_unary = graph_cut_energy(mask, cost_fg, cost_bg, [0 * x for x in weights])
             unary_only = np.where(fg, True, np.where(bg, False, cost_fg < cost_bg))
             if np.array_equal(mask, unary_only):
                 raise CheckFailed("the mask ignores the pairwise term: each pixel takes its cheaper unary "

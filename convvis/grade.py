@@ -85,13 +85,6 @@ def exercises(chapters: list[Path]) -> dict[str, list[Exercise]]:
     return out
 
 
-def _default_chapters() -> list[Path]:
-    root = Path(__file__).resolve().parent.parent / "chapters"
-    if not root.is_dir():
-        raise FileNotFoundError(f"no chapters folder at {root}: pass --chapters")
-    return sorted(root.glob("*.ipynb"))
-
-
 def _identify(path: Path, book: dict[str, list[Exercise]]) -> tuple[str, str | None]:
     """(student, chapter stem or None) from a submission's path."""
     stems = [s for s in book if s in path.stem]
@@ -223,6 +216,8 @@ def grade(submissions: list[Path], chapters: list[Path] | None = None, timeout: 
           progress: bool = True) -> list[Row]:
     """Grade every submission (notebooks or folders of them); one :class:`Row` per student and exercise."""
     from tqdm.auto import tqdm
+
+    from .assignments import _default_chapters
 
     book = exercises(chapters or _default_chapters())
     rows = []

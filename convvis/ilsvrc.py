@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from .images import _normalise, _prep_of, _resize
 from .models import LoadedModel, Preprocessing
 from .segmentation import box_iou
 
@@ -112,10 +112,6 @@ def localisation_correct(
     return False
 
 
-def _prep_of(spec: LoadedModel | Preprocessing) -> Preprocessing:
-    return spec.preprocessing if isinstance(spec, LoadedModel) else spec
-
-
 def photo_to_input(photo: np.ndarray, spec: LoadedModel | Preprocessing) -> torch.Tensor:
     """H x W x 3 photo in [0, 1] -> (3,S,S) normalised input: the whole photo resized to S x S.
 
@@ -123,13 +119,7 @@ def photo_to_input(photo: np.ndarray, spec: LoadedModel | Preprocessing) -> torc
     ``(x - mean) / std``.
     """
     prep = _prep_of(spec)
-    s = prep.input_size
-    t = torch.from_numpy(np.ascontiguousarray(photo, dtype=np.float32)).permute(2, 0, 1)[None]
-    t = F.interpolate(t, size=(s, s), mode=prep.interpolation, align_corners=False, antialias=True)
-    t = t[0].clamp(0.0, 1.0)  # bicubic overshoots slightly
-    mean = torch.tensor(prep.mean).view(3, 1, 1)
-    std = torch.tensor(prep.std).view(3, 1, 1)
-    return (t - mean) / std
+    return _normalise(_resize(photo, prep, crop=False), prep)
 
 
 def box_to_photo(box: Sequence[float], photo_size: tuple[int, int], input_size: int) -> list[float]:

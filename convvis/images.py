@@ -316,9 +316,17 @@ def _prep_of(spec: LoadedModel | Preprocessing) -> Preprocessing:
     raise TypeError(f"expected a LoadedModel or Preprocessing, got {type(spec).__name__}")
 
 
-def _resize_crop(photo: np.ndarray, prep: Preprocessing) -> torch.Tensor:
-    """H x W x 3 in [0,1] -> (3, S, S): shorter side to resize_size, then centre crop."""
-    t = torch.from_numpy(photo).permute(2, 0, 1)[None]
+def _resize(photo: np.ndarray, prep: Preprocessing, crop: bool = True) -> torch.Tensor:
+    """H x W x 3 in [0,1] -> (3, S, S) in [0,1], with the model's interpolation (antialiased).
+
+    ``crop``: shorter side to ``resize_size``, then the centre S x S crop (the chapters' inputs);
+    otherwise the whole photo resized to S x S, aspect ratio not kept (the ILSVRC command's).
+    """
+    t = torch.from_numpy(np.ascontiguousarray(photo, dtype=np.float32)).permute(2, 0, 1)[None]
+    if not crop:
+        s = prep.input_size
+        t = F.interpolate(t, size=(s, s), mode=prep.interpolation, align_corners=False, antialias=True)
+        return t[0].clamp(0.0, 1.0)  # bicubic overshoots slightly
     h, w = photo.shape[:2]
     scale = prep.resize_size / min(h, w)
     nh, nw = max(prep.input_size, round(h * scale)), max(prep.input_size, round(w * scale))
@@ -326,6 +334,13 @@ def _resize_crop(photo: np.ndarray, prep: Preprocessing) -> torch.Tensor:
     top, left = (nh - prep.input_size) // 2, (nw - prep.input_size) // 2
     t = t[..., top : top + prep.input_size, left : left + prep.input_size]
     return t[0].clamp(0.0, 1.0)  # bicubic overshoots slightly
+
+
+def _normalise(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """(..., 3, S, S) in [0, 1] -> ``(x - mean) / std`` per channel."""
+    mean = torch.tensor(prep.mean).view(3, 1, 1)
+    std = torch.tensor(prep.std).view(3, 1, 1)
+    return (x - mean) / std
 
 
 def load_image(
@@ -353,10 +368,7 @@ def load_images(
     if len(sources) == 0:
         raise ValueError("no image sources given")
     prep = _prep_of(spec)
-    batch = torch.stack([_resize_crop(to_photo(s), prep) for s in sources])
-    mean = torch.tensor(prep.mean).view(1, 3, 1, 1)
-    std = torch.tensor(prep.std).view(1, 3, 1, 1)
-    batch = (batch - mean) / std
+    batch = _normalise(torch.stack([_resize(to_photo(s), prep) for s in sources]), prep)
     if device is None and isinstance(spec, LoadedModel):
         device = spec.device
     return batch.to(device) if device is not None else batch

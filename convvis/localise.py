@@ -177,7 +177,6 @@ def evaluate(
     in_flight: int | None = None,
     segment_kwargs: dict | None = None,
     progress: bool = True,
-    timings: dict | None = None,
 ) -> dict:
     """Run the ILSVRC localisation evaluation; append to ``out`` and return :func:`summarise`.
 
@@ -188,8 +187,6 @@ def evaluate(
     ``2 * workers + batch_size``). ``classes_only``: skip saliency and graph cut (classification
     error only). ``segment_kwargs`` go to :func:`convvis.segmentation.segment` (default: the
     paper's settings). The summary counts photos in this data set (``limit`` included) only.
-    ``timings``, a dict, receives ``written`` (photos written by this call) and ``first`` /
-    ``last`` (``time.perf_counter()`` at the first and last write), for throughput measurements.
     A missing folder raises ``FileNotFoundError`` before anything runs.
     """
     from .images import deprocess
@@ -234,7 +231,6 @@ def evaluate(
 
     bar = tqdm(total=len(todo), unit="img", desc="localise", disable=not progress, smoothing=0.1)
     pending: deque = deque()  # (ready record | AsyncResult), in input order
-    tm = timings if timings is not None else {}
     try:
         with open(out, "a", encoding="utf-8") as fh:
 
@@ -243,10 +239,6 @@ def evaluate(
                 fh.write(json.dumps(rec, sort_keys=True) + "\n")
                 fh.flush()
                 bar.update(1)
-                now = time.perf_counter()
-                tm.setdefault("first", now)
-                tm["last"] = now
-                tm["written"] = tm.get("written", 0) + 1
 
             def drain(keep: int):
                 while pending and (len(pending) > keep or _ready(pending[0])):

@@ -4,7 +4,7 @@
 
 For each photo: the network's top-k classes; for each of them the paper's saliency map
 (:func:`convvis.saliency.saliency_map`), seeds, colour models, graph cut, largest component and
-box (:func:`convvis.segmentation.segment`, paper defaults); the box mapped back to the original
+box (:func:`convvis.segment`, paper defaults); the box mapped back to the original
 photo's pixels; and the ILSVRC rule (:func:`convvis.ilsvrc.localisation_correct`: right class and
 IoU >= 0.5). The summary gives top-1 and top-k localisation error beside the classification-only
 error (right class among the top k, box ignored), so the share of the error that is
@@ -178,14 +178,14 @@ def evaluate(
     segment_kwargs: dict | None = None,
     progress: bool = True,
 ) -> dict:
-    """Run the ILSVRC localisation evaluation; append to ``out`` and return :func:`summarise`.
+    """Run the ILSVRC localisation evaluation; append to ``out`` and return :func:`convvis.localise.summarise`.
 
     ``model``: a name for :func:`convvis.load_model` or a :class:`convvis.LoadedModel`.
     ``workers``: graph-cut processes (default: the CPU count; 0 runs the cuts in this process).
     ``loader_workers``: ``DataLoader`` processes decoding photos (default ``max(1, workers // 4)``;
     0 decodes in this process). ``in_flight``: the most graph-cut tasks waiting at once (default
     ``2 * workers + batch_size``). ``classes_only``: skip saliency and graph cut (classification
-    error only). ``segment_kwargs`` go to :func:`convvis.segmentation.segment` (default: the
+    error only). ``segment_kwargs`` go to :func:`convvis.segment` (default: the
     paper's settings). The summary counts photos in this data set (``limit`` included) only.
     A missing folder raises ``FileNotFoundError`` before anything runs.
     """

@@ -178,7 +178,9 @@ def evaluate(
     segment_kwargs: dict | None = None,
     progress: bool = True,
 ) -> dict:
-    """Run the ILSVRC localisation evaluation; append to ``out`` and return :func:`convvis.localise.summarise`.
+    """Run the ILSVRC localisation evaluation; append rows to ``out``; return the summary.
+
+    The summary is what :func:`convvis.localise.summarise` returns.
 
     ``model``: a name for :func:`convvis.load_model` or a :class:`convvis.LoadedModel`.
     ``workers``: graph-cut processes (default: the CPU count; 0 runs the cuts in this process).

@@ -24,6 +24,7 @@ Importing this package changes no global state (no seeding, no device choice, no
 from .baselines import centre_box, grabcut_mask, threshold_box
 from .class_model import (
     L2,
+    LEGIBILITY_JUDGES,
     PAPER_LAMBDA,
     BlurEvery,
     ClassProbability,
@@ -32,13 +33,20 @@ from .class_model import (
     FourierImage,
     History,
     Jitter,
+    Legibility,
     Objective,
     PixelImage,
+    RandomAffine,
     RandomRotate,
     RandomScale,
     Result,
     TotalVariation,
+    class_model_preset,
+    class_model_presets,
     colour_sqrt_cov,
+    fourier_image,
+    legibility,
+    legible_preset,
     paper_preset,
     visualise,
 )
@@ -152,7 +160,9 @@ __all__ = [
     # class models (chapter 2)
     "visualise", "paper_preset", "PAPER_LAMBDA", "Objective", "Context", "ClassScore",
     "ClassProbability", "L2", "TotalVariation", "PixelImage", "FourierImage", "Jitter", "RandomScale",
-    "RandomRotate", "BlurEvery", "History", "Result", "colour_sqrt_cov",
+    "RandomRotate", "BlurEvery", "History", "Result", "colour_sqrt_cov", "legible_preset",
+    "class_model_preset", "class_model_presets", "fourier_image", "RandomAffine", "legibility", "Legibility",
+    "LEGIBILITY_JUDGES",
     # saliency maps and their faithfulness (chapter 3)
     "saliency_map", "reduce_channels", "REDUCTIONS", "smoothgrad", "integrated_gradients",
     "gradient_x_input", "grad_cam", "last_conv_layer", "randomized_copy", "randomisation_cascade",

@@ -59,6 +59,14 @@ __all__ = [
     "Result",
     "visualise",
     "paper_preset",
+    "legible_preset",
+    "class_model_preset",
+    "class_model_presets",
+    "fourier_image",
+    "RandomAffine",
+    "Legibility",
+    "legibility",
+    "LEGIBILITY_JUDGES",
     "PAPER_LAMBDA",
     "colour_sqrt_cov",
 ]
@@ -67,6 +75,15 @@ __all__ = [
 PAPER_LAMBDA = 1e-3  # weight of the L2 penalty, as in CS231n's exercise for this paper
 PAPER_LR = 2.0  # plain gradient ascent step on normalised pixels (0.5 left some classes at the zero image)
 PAPER_STEPS = 100
+
+# Our choices for the legible preset (lucent's priors; see legible_preset).
+LEGIBLE_LAMBDA = 0.0
+LEGIBLE_LR = 0.05
+LEGIBLE_STEPS = 256
+LEGIBLE_DECAY = 1.5  # 1.0 (lucent) left high-frequency texture; judges: 0.88/0.69 vs 1.0/0.88 top-1
+LEGIBLE_AFFINE = {"pad": 12, "jitter": 8, "scales": (0.9, 1.1), "degrees": 10.0}
+# Networks that judge legibility: not the default model, and they ship offline like it.
+LEGIBILITY_JUDGES = ("efficientnet_lite1", "efficientnet_lite2")
 
 
 # ---- objectives ---------------------------------------------------------------------------------
@@ -193,28 +210,58 @@ class FourierImage(nn.Module):
 
     Frequencies are scaled by ``1 / max(f, 1/size) ** decay`` so that gradient steps change low
     frequencies more than high ones (natural images have a 1/f spectrum), and the three channels
-    are mixed by the square root of the photos' RGB covariance, divided by the model's ``std``, so
-    that a step changes colours the way they co-vary in photos. The output is an (N,3,H,W) image in
-    normalised input space; the map from parameters to image is linear, so the L2 penalty of Eq. 1
-    keeps its meaning.
+    are mixed by the square root of the photos' RGB covariance, so that a step changes colours the
+    way they co-vary in photos. The output is an (N,3,H,W) image in normalised input space.
+
+    ``bounded=False`` (default): the map from parameters to image is linear (the mixed colours are
+    divided by the model's ``std``), so the L2 penalty of Eq. 1 keeps its meaning, and colours may
+    leave the displayable range. ``bounded=True`` (the legible preset, as lucent does): the mixed
+    colours go through a sigmoid to [0, 1] and are then normalised with ``mean`` and ``std``, so
+    every pixel is a colour a screen can show. Either way the zero spectrum is the zero image of
+    the normalised space (the preprocessing's mean colour; with ``bounded=True`` that needs
+    ``mean`` = 0.5, which holds for the embedded models, mid-grey).
     """
 
     def __init__(self, n: int, size: int = 224, std: Sequence[float] = (0.5, 0.5, 0.5), decay: float = 1.0,
-                 device=None):
+                 device=None, *, mean: Sequence[float] = (0.5, 0.5, 0.5), bounded: bool = False):
         super().__init__()
         fy = torch.fft.fftfreq(size)[:, None]
         fx = torch.fft.rfftfreq(size)[None, :]
         freq = torch.sqrt(fx**2 + fy**2)
         scale = 1.0 / torch.clamp(freq, min=1.0 / size) ** decay
         self.register_buffer("scale", (scale / scale.max()).to(device))
-        self.register_buffer("mix", (_RGB_SQRT_COV / torch.tensor(list(std))[:, None]).to(device))
-        self.size = size
+        std_t = torch.tensor([float(v) for v in std])
+        # bounded: the matrix scaled so that its largest column has norm 1 (as lucent does), so that
+        # a unit of spectrum moves a colour channel by about one sigmoid unit, not a quarter of one
+        mix = _RGB_SQRT_COV / _RGB_SQRT_COV.norm(dim=0).max() if bounded else _RGB_SQRT_COV / std_t[:, None]
+        self.register_buffer("mix", mix.to(device))
+        self.register_buffer("mean", torch.tensor([float(v) for v in mean]).view(1, 3, 1, 1).to(device))
+        self.register_buffer("std", std_t.view(1, 3, 1, 1).to(device))
+        self.size, self.bounded = size, bounded
         self.spectrum = nn.Parameter(torch.zeros(n, 3, size, size // 2 + 1, 2, device=device))
 
     def forward(self) -> torch.Tensor:
         spec = torch.view_as_complex(self.spectrum) * self.scale
         decorrelated = torch.fft.irfft2(spec, s=(self.size, self.size), norm="ortho") * self.size / 8
-        return torch.einsum("ij,njhw->nihw", self.mix, decorrelated)
+        mixed = torch.einsum("ij,njhw->nihw", self.mix, decorrelated)
+        if not self.bounded:
+            return mixed
+        # logit(0.5) = 0: the zero spectrum is mid-grey; the sigmoid keeps colours in [0, 1]
+        return (torch.sigmoid(mixed + torch.logit(self.mean)) - self.mean) / self.std
+
+
+def fourier_image(decay: float = 1.0, bounded: bool = True) -> Callable[..., FourierImage]:
+    """A parametrisation *factory* for :func:`visualise`'s ``param``: it builds a
+    :class:`FourierImage` with one image per target, at the run's size and device, and with the
+    model's own ``mean`` and ``std`` (0.5 when the model carries no preprocessing)."""
+
+    def make(n: int, size: int, device, preprocessing) -> FourierImage:
+        mean = preprocessing.mean if preprocessing is not None else (0.5, 0.5, 0.5)
+        std = preprocessing.std if preprocessing is not None else (0.5, 0.5, 0.5)
+        return FourierImage(n, size, std=std, mean=mean, decay=decay, bounded=bounded, device=device)
+
+    make.__qualname__ = f"fourier_image(decay={decay:g}, bounded={bounded})"
+    return make
 
 
 # ---- transforms ---------------------------------------------------------------------------------
@@ -265,6 +312,77 @@ class RandomRotate:
                              dtype=x.dtype, device=x.device)
         grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
         return F.grid_sample(x, grid, align_corners=False, padding_mode="reflection")
+
+
+class RandomAffine:
+    """Lucent's transform stack (pad, jitter, random scale, random rotation, jitter) as one resampling.
+
+    Each image of the batch gets its own draw: a scale factor uniform in ``scales``, an angle
+    uniform in ``[-degrees, degrees]``, and a shift of each axis uniform in ``[-(pad + jitter),
+    pad + jitter]`` pixels, applied about the image centre. What the shift uncovers is filled with
+    the zero image (the preprocessing's mean colour: mid-grey for the embedded models), which is
+    what padding with mid-grey then jittering does. The output has the input's size, so the
+    network runs at its usual input size and a step costs one forward and backward pass plus one
+    ``grid_sample`` (lucent pads the canvas to 248 pixels and resamples four times).
+
+    ``pad`` and ``jitter`` are in pixels of the image; their sum is the largest shift. A
+    configuration under which a draw could leave no pixel of the image in the frame is refused by
+    :meth:`check` (which :func:`visualise` calls with the image size before the first step).
+    """
+
+    def __init__(self, pad: int = 12, jitter: int = 8, scales: tuple[float, float] = (0.9, 1.1),
+                 degrees: float = 10.0):
+        if pad < 0 or jitter < 0:
+            raise ValueError(f"pad and jitter must be at least 0 pixels, got pad={pad}, jitter={jitter}")
+        lo, hi = (float(v) for v in scales)
+        if not 0 < lo <= hi:
+            raise ValueError(f"scales must be (low, high) with 0 < low <= high, got {tuple(scales)}")
+        if not 0 <= degrees <= 180:
+            raise ValueError(f"degrees must be in [0, 180], got {degrees}")
+        self.pad, self.jitter, self.scales, self.degrees = int(pad), int(jitter), (lo, hi), float(degrees)
+
+    def __repr__(self) -> str:
+        return (f"RandomAffine(pad={self.pad}, jitter={self.jitter}, scales={self.scales}, "
+                f"degrees={self.degrees:g})")
+
+    def check(self, size: int) -> None:
+        """Refuse a configuration that can move a ``size`` x ``size`` image out of the frame.
+
+        Along each axis the image, scaled by at least ``scales[0]``, reaches ``scales[0] * size / 2``
+        pixels from its centre (rotation only widens that); a shift of ``size / 2`` plus that much
+        leaves nothing of it in the frame.
+        """
+        shift = self.pad + self.jitter
+        if self.pad >= size:
+            raise ValueError(
+                f"padding of {self.pad} pixels is not smaller than the {size}-pixel image: "
+                "a shift could move the image out of the frame entirely"
+            )
+        limit = size / 2 + self.scales[0] * size / 2
+        if shift >= limit:
+            raise ValueError(
+                f"pad + jitter = {shift} pixels could move the {size}-pixel image (scaled by down to "
+                f"{self.scales[0]:g}) out of the frame entirely; keep it below {limit:g}"
+            )
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        n, _, h, w = x.shape
+        u = torch.rand((n, 4), generator=g).to(device=x.device, dtype=x.dtype)
+        lo, hi = self.scales
+        scale = lo + (hi - lo) * u[:, 0]
+        angle = torch.deg2rad((2 * u[:, 1] - 1) * self.degrees)
+        reach = self.pad + self.jitter
+        # shifts in affine_grid's units: the frame spans [-1, 1], i.e. 2 / size per pixel
+        tx = (2 * u[:, 2] - 1) * reach * 2 / w
+        ty = (2 * u[:, 3] - 1) * reach * 2 / h
+        # affine_grid maps output coordinates to input ones: the inverse of "scale, rotate, shift"
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        theta = torch.stack([
+            torch.stack([cos, sin, -(cos * tx + sin * ty)], dim=1),
+            torch.stack([-sin, cos, -(-sin * tx + cos * ty)], dim=1),
+        ], dim=1)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 class BlurEvery:
@@ -330,17 +448,22 @@ def visualise(
     targets: Target,
     objective: Objective | None = None,
     *,
-    param: nn.Module | None = None,
-    transforms: Sequence[Callable] = (),
-    post_step: Sequence[Callable] = (),
-    steps: int = PAPER_STEPS,
-    lr: float = PAPER_LR,
-    optimizer: str = "sgd",
+    preset: str = "paper",
+    param: nn.Module | Callable[..., nn.Module] | None = None,
+    transforms: Sequence[Callable] | None = None,
+    post_step: Sequence[Callable] | None = None,
+    steps: int | None = None,
+    lr: float | None = None,
+    optimizer: str | None = None,
     size: int = 224,
     seed: int = 0,
     progress: bool = True,
 ) -> Result:
     """Gradient ascent on ``objective`` for one image per target class, all in one batch.
+
+    Every argument left at ``None`` takes its value from the named ``preset``
+    (:func:`class_model_presets`): ``"paper"`` (Eq. 1 as the paper states it, our step size and
+    step count) or ``"legible"`` (lucent's priors). Arguments given explicitly override the preset.
 
     Parameters
     ----------
@@ -352,12 +475,16 @@ def visualise(
         tensor of them, (N,). Checked before any step: non-integers, unknown names and
         out-of-range classes raise.
     objective:
-        What to maximise, per image; default the paper's ``ClassScore() - PAPER_LAMBDA * L2()``.
+        What to maximise, per image; the paper's is ``ClassScore() - PAPER_LAMBDA * L2()``.
+    preset:
+        The name of a preset; an unknown name raises and lists the known ones.
     param:
-        Image parametrisation (default :class:`PixelImage`, zero init as in the paper); it must
-        produce one (C,H,W) image per target.
+        Image parametrisation: a module that produces one (C,H,W) image per target (default
+        :class:`PixelImage`, zero init as in the paper), or a factory
+        ``make(n, size, device, preprocessing)`` such as :func:`fourier_image`.
     transforms:
         Callables ``(image, generator) -> image`` applied before each forward pass (jitter, ...).
+        A transform with a ``check(size)`` method (:class:`RandomAffine`) is checked first.
     post_step:
         Callables ``(param, step)`` applied after each optimiser step (e.g. :class:`BlurEvery`).
     steps, lr, optimizer:
@@ -374,6 +501,13 @@ def visualise(
         target score S_c, its softmax probability, the image norm, and the mean and log-sum-exp of
         the other classes' scores at every step (arrays of shape (steps, N)).
     """
+    settings = class_model_preset(preset)
+    given = {"objective": objective, "param": param, "transforms": transforms, "post_step": post_step,
+             "steps": steps, "lr": lr, "optimizer": optimizer}
+    settings.update({k: v for k, v in given.items() if v is not None})
+    objective, param, transforms = settings["objective"], settings.get("param"), settings["transforms"]
+    post_step, steps, lr = settings["post_step"], settings["steps"], settings["lr"]
+    optimizer = settings["optimizer"]
     module = as_module(model)
     check_eval_mode(module)
     device = next(module.parameters()).device
@@ -384,11 +518,18 @@ def visualise(
         with torch.no_grad():
             n_classes = module(torch.zeros(1, 3, size, size, device=device)).shape[1]
     t = resolve_targets(targets, num_classes=n_classes, class_names=class_names_of(model), device=device)
-    objective = objective if objective is not None else ClassScore() - PAPER_LAMBDA * L2()
     if not isinstance(objective, Objective):
         raise TypeError(f"objective must be an Objective, got {type(objective).__name__}")
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    for tr in transforms:
+        if hasattr(tr, "check"):
+            tr.check(size)
     g = torch.Generator(device="cpu").manual_seed(seed)
-    param = param if param is not None else PixelImage(len(t), size, device=device)
+    if param is None:
+        param = PixelImage(len(t), size, device=device)
+    elif not isinstance(param, nn.Module):  # a factory
+        param = param(len(t), size, device, getattr(model, "preprocessing", None))
     with torch.no_grad():
         first = param()
     if first.ndim != 4 or first.shape[0] != len(t):
@@ -441,6 +582,141 @@ def paper_preset(lam: float = PAPER_LAMBDA) -> dict:
     """
     return {"objective": ClassScore() - lam * L2(), "transforms": (), "post_step": (), "optimizer": "sgd",
             "lr": PAPER_LR, "steps": PAPER_STEPS}
+
+
+def legible_preset(lam: float = LEGIBLE_LAMBDA) -> dict:
+    """Class models a person can recognise: lucent's priors, as keyword arguments for :func:`visualise`.
+
+    Not the paper's method: the objective is still S_c - lambda ||I||^2 on the unnormalised score,
+    but the image is a bounded, colour-decorrelated Fourier spectrum (:func:`fourier_image`), each
+    step sees it through a random shift, scale and rotation (:class:`RandomAffine`), and Adam takes
+    ``LEGIBLE_STEPS`` steps. Every value is our choice, tuned by looking at the images and by
+    :func:`legibility` with judges that took no part in the optimisation.
+    """
+    return {"objective": ClassScore() - lam * L2(), "param": fourier_image(decay=LEGIBLE_DECAY, bounded=True),
+            "transforms": (RandomAffine(**LEGIBLE_AFFINE),), "post_step": (), "optimizer": "adam",
+            "lr": LEGIBLE_LR, "steps": LEGIBLE_STEPS}
+
+
+_PRESETS: dict[str, Callable[[], dict]] = {"paper": paper_preset, "legible": legible_preset}
+
+
+def class_model_presets() -> list[str]:
+    """The names :func:`visualise` and :func:`class_model_preset` accept."""
+    return list(_PRESETS)
+
+
+def class_model_preset(name: str, **overrides) -> dict:
+    """The named preset's keyword arguments for :func:`visualise`, with ``overrides`` applied.
+
+    >>> class_model_preset("legible", steps=64)["steps"]
+    64
+    """
+    if not isinstance(name, str) or name not in _PRESETS:
+        known = ", ".join(repr(k) for k in _PRESETS)
+        raise ValueError(f"there is no class-model preset {name!r}; the presets are {known}")
+    settings = _PRESETS[name]()
+    unknown = set(overrides) - set(settings)
+    if unknown:
+        raise TypeError(f"preset {name!r} has no setting(s) {sorted(unknown)}; it has {sorted(settings)}")
+    settings.update(overrides)
+    return settings
+
+
+# ---- legibility ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Legibility:
+    """How one judge classifies a batch of class models.
+
+    ``ranks``: (N,) rank of each image's target class among the judge's scores (0 = top-1);
+    ``top1`` and ``topk``: the fractions of images with rank 0 and rank < ``k``.
+    """
+
+    judge: str
+    ranks: np.ndarray
+    k: int
+
+    @property
+    def top1(self) -> float:
+        return float((self.ranks == 0).mean())
+
+    @property
+    def topk(self) -> float:
+        return float((self.ranks < self.k).mean())
+
+    def __repr__(self) -> str:
+        return (f"Legibility({self.judge}: top-1 {self.top1:.2f}, top-{self.k} {self.topk:.2f}, "
+                f"n={len(self.ranks)})")
+
+
+def legibility(
+    images: torch.Tensor,
+    targets: Target,
+    source,
+    judges: Sequence = LEGIBILITY_JUDGES,
+    k: int = 5,
+) -> dict[str, Legibility]:
+    """Transfer legibility: how often networks that took no part in the optimisation see the class.
+
+    Patterns that only fool the network they were made on seldom transfer; images that carry the
+    class do. Each image is brought back to [0, 1] with ``source``'s preprocessing, resized (no
+    crop) to each judge's input size, normalised for the judge, and classified.
+
+    Parameters
+    ----------
+    images:
+        (N,3,H,W) class models in ``source``'s normalised input space (``Result.image``).
+    targets:
+        The class each image was made for (N,), as for :func:`visualise`.
+    source:
+        The :class:`convvis.LoadedModel` the images were made on (its preprocessing is read).
+    judges:
+        Names for :func:`convvis.load_model` or loaded models; default EfficientNet-Lite1 and -Lite2,
+        which ship offline. A judge should not be ``source``.
+    k:
+        The second cut-off (top-k), default 5.
+
+    Returns
+    -------
+    dict
+        Judge name -> :class:`Legibility` (``.top1``, ``.topk``, ``.ranks``).
+    """
+    from .common import check_image
+    from .images import _prep_of
+    from .models import LoadedModel, load_model
+
+    check_image(images)
+    if not isinstance(source, LoadedModel):
+        raise TypeError("source must be the convvis.LoadedModel the images were made on (its preprocessing "
+                        f"is needed to undo the normalisation), got {type(source).__name__}")
+    if int(k) != k or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if not judges:
+        raise ValueError("legibility needs at least one judge")
+    t = resolve_targets(targets, num_classes=1000, class_names=source.class_names or None,
+                        n=len(images), device="cpu")
+    src = _prep_of(source)
+    mean = torch.tensor(src.mean, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(src.std, device=images.device).view(1, 3, 1, 1)
+    pixels = (images.detach().float() * std + mean).clamp(0, 1)  # what the reader sees
+    out: dict[str, Legibility] = {}
+    for judge in judges:
+        net = judge if isinstance(judge, LoadedModel) else load_model(judge, device=images.device)
+        if net is source:
+            raise ValueError("a judge must not be the network the images were made on")
+        prep = _prep_of(net)
+        x = F.interpolate(pixels, size=(prep.input_size, prep.input_size), mode="bilinear",
+                          align_corners=False, antialias=True)
+        x = (x - torch.tensor(prep.mean, device=x.device).view(1, 3, 1, 1)) / torch.tensor(
+            prep.std, device=x.device).view(1, 3, 1, 1)
+        with torch.no_grad():
+            scores = as_module(net)(x.to(net.device)).float().cpu()
+        target_score = scores.gather(1, t[:, None])
+        ranks = (scores > target_score).sum(1).numpy()
+        out[net.name] = Legibility(net.name, ranks, int(k))
+    return out
 
 
 def colour_sqrt_cov(photos: Sequence[np.ndarray]) -> np.ndarray:

@@ -21,6 +21,7 @@ from convvis.class_model import (
     paper_preset,
     visualise,
 )
+from convvis.models import Preprocessing
 
 
 def linear_model(seed=0):
@@ -140,3 +141,132 @@ def test_paper_preset_is_the_papers_configuration():
     p = paper_preset()
     assert p["transforms"] == () and p["post_step"] == () and p["optimizer"] == "sgd"
     assert "S_c" in repr(p["objective"]) and "P_c" not in repr(p["objective"])
+
+
+# ---- the legible preset and the legibility measure (issue #18) -----------------------------------
+
+
+def test_presets_by_name_and_explicit_arguments_override_them():
+    assert convvis.class_model_presets() == ["paper", "legible"]
+    assert convvis.class_model_preset("paper")["steps"] == paper_preset()["steps"]
+    legible = convvis.class_model_preset("legible", steps=7)
+    assert legible["steps"] == 7 and legible["optimizer"] == "adam"
+    assert any(isinstance(t, convvis.RandomAffine) for t in legible["transforms"])
+    with pytest.raises(ValueError, match=r"no class-model preset 'lucent'.*'paper', 'legible'"):
+        convvis.class_model_preset("lucent")
+    with pytest.raises(ValueError, match="'paper', 'legible'"):
+        visualise(linear_model(), [0], preset="Legible", size=4, steps=1, progress=False)
+    with pytest.raises(TypeError, match="no setting"):
+        convvis.class_model_preset("paper", stpes=3)
+    # the default is the paper's preset; steps given explicitly win
+    r = visualise(linear_model(), [0], size=4, steps=3, progress=False)
+    assert r.history["score"].shape == (3, 1)
+
+
+def test_legible_preset_runs_on_a_small_convnet_and_keeps_colours_displayable():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                          nn.Linear(32, 4)).eval()
+    affine = convvis.RandomAffine(pad=2, jitter=2, scales=(0.9, 1.1), degrees=10)
+    r = visualise(model, [0, 3], preset="legible", transforms=(affine,), size=32, steps=40, lr=0.1,
+                  progress=False)
+    assert (r.history["score"][-1] > r.history["score"][0]).all()
+    # bounded Fourier image: (sigmoid - 0.5) / 0.5 lies in (-1, 1), i.e. colours in (0, 1)
+    assert r.image.abs().max() < 1
+
+
+def test_bounded_fourier_image_starts_at_mid_grey_and_stays_in_range():
+    f = FourierImage(2, 32, bounded=True, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    assert torch.equal(f(), torch.zeros(2, 3, 32, 32))
+    with torch.no_grad():
+        f.spectrum.normal_(std=100.0)
+    x = f()
+    assert x.abs().max() <= 1 and x.std() > 0.1
+    make = convvis.fourier_image(decay=1.0)
+    built = make(3, 16, "cpu", Preprocessing(mean=(0.5,) * 3, std=(0.5,) * 3))
+    assert isinstance(built, FourierImage) and built().shape == (3, 3, 16, 16)
+
+
+def test_random_affine_identity_and_shift_geometry():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 3, 16, 16)
+    same = convvis.RandomAffine(pad=0, jitter=0, scales=(1.0, 1.0), degrees=0)
+    torch.testing.assert_close(same(x, g), x, atol=1e-5, rtol=0)
+    # a pure shift of (pad + jitter) pixels at most: the image's centre of mass moves by at most that
+    blob = torch.zeros(1, 1, 33, 33)
+    blob[..., 14:19, 14:19] = 1
+    shift = convvis.RandomAffine(pad=3, jitter=2, scales=(1.0, 1.0), degrees=0)
+    ys, xs = torch.meshgrid(torch.arange(33.0), torch.arange(33.0), indexing="ij")
+    moved = []
+    for _ in range(50):
+        y = shift(blob, g)[0, 0]
+        moved.append(((y * ys).sum() / y.sum() - 16, (y * xs).sum() / y.sum() - 16))
+    moved = torch.tensor(moved)
+    assert moved.abs().max() <= 5 + 1e-4 and moved.abs().max() > 3  # uses the range, stays within it
+    # what a shift uncovers is the zero image (mid-grey), not a wrapped copy
+    big = convvis.RandomAffine(pad=8, jitter=0, scales=(1.0, 1.0), degrees=0)
+    ones = big(torch.ones(8, 1, 16, 16), g)
+    assert (ones == 0).any() and ones.max() <= 1 + 1e-6
+
+
+def test_transforms_that_move_the_image_out_of_frame_are_refused():
+    model = linear_model()
+    with pytest.raises(ValueError, match="padding of 300 pixels is not smaller than the 224-pixel image"):
+        convvis.RandomAffine(pad=300).check(224)
+    with pytest.raises(ValueError, match="out of the frame entirely"):
+        visualise(model, [0], preset="legible", transforms=(convvis.RandomAffine(pad=2, jitter=2),), size=4,
+                  steps=1, progress=False)
+    convvis.RandomAffine(pad=12, jitter=8).check(224)  # the preset's own values pass
+    for bad in ({"pad": -1}, {"scales": (0.0, 1.0)}, {"scales": (1.2, 1.1)}, {"degrees": 270}):
+        with pytest.raises(ValueError):
+            convvis.RandomAffine(**bad)
+
+
+class _FixedJudge(nn.Module):
+    """Scores class k as (k * 7919) % 1000 whatever the image, and records what it was shown."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1, 1)
+        self.seen = None
+
+    def forward(self, x):
+        self.seen = x.detach().clone()
+        order = (torch.arange(1000) * 7919 % 1000).float()
+        return order.expand(x.shape[0], 1000) + 0 * self.conv(x).mean()
+
+
+def test_legibility_ranks_resizes_and_renormalises_for_each_judge():
+    source = convvis.load_model("efficientnet_lite0")  # mean = std = 0.5
+    judge = convvis.LoadedModel(_FixedJudge().eval(), name="fixed",
+                                preprocessing=Preprocessing(input_size=32, resize_size=32, mean=(0.4,) * 3,
+                                                            std=(0.2,) * 3))
+    order = torch.arange(1000) * 7919 % 1000
+    rank_of = {int(c): int((order > order[c]).sum()) for c in range(1000)}
+    targets = [int(order.argmax()), int(order.argsort()[-3]), int(order.argsort()[-6]), 17]
+    images = torch.zeros(4, 3, 224, 224)  # the zero image: mid-grey, 0.5 in [0, 1]
+    leg = convvis.legibility(images, targets, source, judges=[judge])["fixed"]
+    assert leg.ranks.tolist() == [0, 2, 5, rank_of[17]] and rank_of[17] > 5
+    assert leg.top1 == 0.25 and leg.topk == 0.5 and leg.k == 5
+    # the judge saw the images at its own size, normalised its own way: (0.5 - 0.4) / 0.2
+    assert judge.model.seen.shape == (4, 3, 32, 32)
+    torch.testing.assert_close(judge.model.seen, torch.full((4, 3, 32, 32), 0.5))
+    assert convvis.legibility(images, targets, source, judges=[judge], k=1000)["fixed"].topk == 1.0
+
+
+def test_legibility_refuses_bad_input():
+    net = convvis.load_model("efficientnet_lite0")
+    judge = convvis.LoadedModel(_FixedJudge().eval(), name="fixed")
+    images = torch.zeros(2, 3, 32, 32)
+    with pytest.raises(ValueError, match="must not be the network"):
+        convvis.legibility(images, [1, 2], net, judges=[net])
+    with pytest.raises(TypeError, match="LoadedModel"):
+        convvis.legibility(images, [1, 2], net.model, judges=[judge])
+    with pytest.raises(IndexError):
+        convvis.legibility(images, [1, 1000], net, judges=[judge])
+    with pytest.raises(ValueError, match="at least one judge"):
+        convvis.legibility(images, [1, 2], net, judges=[])
+    bad = images.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        convvis.legibility(bad, [1, 2], net, judges=[judge])

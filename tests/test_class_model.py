@@ -248,6 +248,7 @@ def test_legibility_ranks_resizes_and_renormalises_for_each_judge():
     leg = convvis.legibility(images, targets, source, judges=[judge])["fixed"]
     assert leg.ranks.tolist() == [0, 2, 5, rank_of[17]] and rank_of[17] > 5
     assert leg.top1 == 0.25 and leg.topk == 0.5 and leg.k == 5
+    assert leg.predicted.tolist() == [int(order.argmax())] * 4
     # the judge saw the images at its own size, normalised its own way: (0.5 - 0.4) / 0.2
     assert judge.model.seen.shape == (4, 3, 32, 32)
     torch.testing.assert_close(judge.model.seen, torch.full((4, 3, 32, 32), 0.5))

@@ -135,9 +135,9 @@ def main(argv=None) -> dict:
     timing = bench.measure(fns, device, repeats=args.repeats)
     base = timing["plain forward+backward"]["median"]
 
-    print(f"\n| run | legibility, {' | '.join(cm.LEGIBILITY_JUDGES)} (top-1 / top-5) | ms per step | "
-          "x plain |")
-    print("|---|---|---|---|")
+    judges_head = " | ".join(f"{j} top-1 / top-5" for j in cm.LEGIBILITY_JUDGES)
+    print(f"\n| run | {judges_head} | ms per step | x plain |")
+    print("|---" * (3 + len(cm.LEGIBILITY_JUDGES)) + "|")
     for name in fns:
         ms = 1000 * timing[name]["median"] / k
         leg = legible.get(name)

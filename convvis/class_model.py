@@ -707,8 +707,8 @@ def legibility(
     out: dict[str, Legibility] = {}
     for judge in judges:
         net = judge if isinstance(judge, LoadedModel) else load_model(judge, device=images.device)
-        if net is source:
-            raise ValueError("a judge must not be the network the images were made on")
+        if net is source or net.name == source.name:
+            raise ValueError(f"a judge must not be the network the images were made on ({source.name})")
         prep = _prep_of(net)
         x = F.interpolate(pixels, size=(prep.input_size, prep.input_size), mode="bilinear",
                           align_corners=False, antialias=True)

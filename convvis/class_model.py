@@ -687,7 +687,7 @@ def legibility(
         Judge name -> :class:`Legibility` (``.top1``, ``.topk``, ``.ranks``, ``.predicted``).
     """
     from .common import check_image
-    from .images import _prep_of
+    from .images import _normalise, _prep_of
     from .models import LoadedModel, load_model
 
     check_image(images)
@@ -698,7 +698,7 @@ def legibility(
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if not judges:
         raise ValueError("legibility needs at least one judge")
-    t = resolve_targets(targets, num_classes=1000, class_names=source.class_names or None,
+    t = resolve_targets(targets, num_classes=num_classes_of(source), class_names=class_names_of(source),
                         n=len(images), device="cpu")
     src = _prep_of(source)
     mean = torch.tensor(src.mean, device=images.device).view(1, 3, 1, 1)
@@ -712,8 +712,7 @@ def legibility(
         prep = _prep_of(net)
         x = F.interpolate(pixels, size=(prep.input_size, prep.input_size), mode="bilinear",
                           align_corners=False, antialias=True)
-        x = (x - torch.tensor(prep.mean, device=x.device).view(1, 3, 1, 1)) / torch.tensor(
-            prep.std, device=x.device).view(1, 3, 1, 1)
+        x = _normalise(x, prep)
         with torch.no_grad():
             scores = as_module(net)(x.to(net.device)).float().cpu()
         target_score = scores.gather(1, t[:, None])

@@ -338,8 +338,8 @@ def _resize(photo: np.ndarray, prep: Preprocessing, crop: bool = True) -> torch.
 
 def _normalise(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
     """(..., 3, S, S) in [0, 1] -> ``(x - mean) / std`` per channel."""
-    mean = torch.tensor(prep.mean).view(3, 1, 1)
-    std = torch.tensor(prep.std).view(3, 1, 1)
+    mean = torch.tensor(prep.mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    std = torch.tensor(prep.std, dtype=x.dtype, device=x.device).view(3, 1, 1)
     return (x - mean) / std
 
 

@@ -82,7 +82,10 @@ LEGIBLE_LR = 0.1  # twice lucent's: at 0.05 the images stayed low in contrast
 LEGIBLE_STEPS = 256
 # 1.0 (lucent's) left fine texture, and the judges' top-1 on 16 classes fell from 1.0/0.88 to 0.88/0.69
 LEGIBLE_DECAY = 1.5
-LEGIBLE_AFFINE = {"pad": 12, "jitter": 8, "scales": (0.9, 1.1), "degrees": 10.0}
+# nearest-pixel resampling: half of bilinear's cost per step, and on 16 tuning classes (two seeds)
+# and 16 held-out ones the judges' top-1 was as high or higher (6 of 6 judge-runs at 15/16 or
+# 16/16, against 4 of 6 for bilinear)
+LEGIBLE_AFFINE = {"pad": 12, "jitter": 8, "scales": (0.9, 1.1), "degrees": 10.0, "mode": "nearest"}
 # Networks that judge legibility: not the default model, and they ship offline like it.
 LEGIBILITY_JUDGES = ("efficientnet_lite1", "efficientnet_lite2")
 
@@ -137,7 +140,10 @@ class _Combined(Objective):
         self.name = " ".join(f"{'+' if w >= 0 else '-'} {abs(w):g}*{o.name}" for w, o in flat).lstrip("+ ")
 
     def __call__(self, ctx: Context) -> torch.Tensor:
-        return sum(w * o(ctx) for w, o in self.terms)
+        # a term weighted 0 (the legible preset's lambda = 0) adds nothing: skip its forward and
+        # backward pass. The first term is always computed, so the result is a tensor of shape (N,)
+        live = [(w, o) for i, (w, o) in enumerate(self.terms) if w != 0 or i == 0]
+        return sum(w * o(ctx) for w, o in live)
 
 
 class ClassScore(Objective):
@@ -231,6 +237,9 @@ class FourierImage(nn.Module):
         freq = torch.sqrt(fx**2 + fy**2)
         scale = 1.0 / torch.clamp(freq, min=1.0 / size) ** decay
         self.register_buffer("scale", (scale / scale.max()).to(device))
+        # the scale and irfft2's constant factor as one multiplication of the spectrum (one
+        # elementwise pass over the batch, forward and backward, fewer per step)
+        self.register_buffer("_gain", self.scale * (size / 8), persistent=False)
         std_t = torch.tensor([float(v) for v in std])
         # bounded: the matrix scaled so that its largest column has norm 1 (as lucent does), so that
         # a unit of spectrum moves a colour channel by about one sigmoid unit, not a quarter of one
@@ -239,16 +248,20 @@ class FourierImage(nn.Module):
         self.register_buffer("mean", torch.tensor([float(v) for v in mean]).view(1, 3, 1, 1).to(device))
         self.register_buffer("std", std_t.view(1, 3, 1, 1).to(device))
         self.size, self.bounded = size, bounded
+        self._shifted = any(float(v) != 0.5 for v in mean)  # decided here: no device sync per step
         self.spectrum = nn.Parameter(torch.zeros(n, 3, size, size // 2 + 1, 2, device=device))
 
     def forward(self) -> torch.Tensor:
-        spec = torch.view_as_complex(self.spectrum) * self.scale
-        decorrelated = torch.fft.irfft2(spec, s=(self.size, self.size), norm="ortho") * self.size / 8
+        spec = torch.view_as_complex(self.spectrum) * self._gain
+        decorrelated = torch.fft.irfft2(spec, s=(self.size, self.size), norm="ortho")
         mixed = torch.einsum("ij,njhw->nihw", self.mix, decorrelated)
         if not self.bounded:
             return mixed
-        # logit(0.5) = 0: the zero spectrum is mid-grey; the sigmoid keeps colours in [0, 1]
-        return (torch.sigmoid(mixed + torch.logit(self.mean)) - self.mean) / self.std
+        # logit(mean) shifts the zero spectrum to the mean colour (logit(0.5) = 0: mid-grey, and no
+        # shift needed); the sigmoid keeps colours in [0, 1]; (colour - mean) / std as one addcmul
+        if self._shifted:
+            mixed = mixed + torch.logit(self.mean)
+        return torch.addcmul(-self.mean / self.std, torch.sigmoid(mixed), 1 / self.std)
 
 
 def fourier_image(decay: float = 1.0, bounded: bool = True) -> Callable[..., FourierImage]:
@@ -326,13 +339,21 @@ class RandomAffine:
     network runs at its usual input size and a step costs one forward and backward pass plus one
     ``grid_sample`` (lucent pads the canvas to 248 pixels and resamples four times).
 
+    ``mode``: ``"bilinear"`` interpolates between the four nearest pixels; ``"nearest"`` (the
+    legible preset's) copies the nearest one, which costs about half as much forward and backward
+    on a CPU. Each step draws a new sub-pixel offset, so over the steps the gradient still reaches
+    every pixel.
+
     ``pad`` and ``jitter`` are in pixels of the image; their sum is the largest shift. A
     configuration under which a draw could leave no pixel of the image in the frame is refused by
     :meth:`check` (which :func:`visualise` calls with the image size before the first step).
     """
 
     def __init__(self, pad: int = 12, jitter: int = 8, scales: tuple[float, float] = (0.9, 1.1),
-                 degrees: float = 10.0):
+                 degrees: float = 10.0, mode: str = "bilinear"):
+        if mode not in ("bilinear", "nearest"):
+            raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
+        self.mode = mode
         if pad < 0 or jitter < 0:
             raise ValueError(f"pad and jitter must be at least 0 pixels, got pad={pad}, jitter={jitter}")
         lo, hi = (float(v) for v in scales)
@@ -344,7 +365,7 @@ class RandomAffine:
 
     def __repr__(self) -> str:
         return (f"RandomAffine(pad={self.pad}, jitter={self.jitter}, scales={self.scales}, "
-                f"degrees={self.degrees:g})")
+                f"degrees={self.degrees:g}, mode={self.mode!r})")
 
     def check(self, size: int) -> None:
         """Refuse a configuration that can move a ``size`` x ``size`` image out of the frame.
@@ -383,7 +404,7 @@ class RandomAffine:
             torch.stack([-sin, cos, -(-sin * tx + cos * ty)], dim=1),
         ], dim=1)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return F.grid_sample(x, grid, mode=self.mode, padding_mode="zeros", align_corners=False)
 
 
 class BlurEvery:
@@ -590,7 +611,8 @@ def legible_preset(lam: float = LEGIBLE_LAMBDA) -> dict:
 
     Not the paper's method: the objective is still S_c - lambda ||I||^2 on the unnormalised score,
     but the image is a bounded, colour-decorrelated Fourier spectrum (:func:`fourier_image`), each
-    step sees it through a random shift, scale and rotation (:class:`RandomAffine`), and Adam takes
+    step sees it through a random shift, scale and rotation resampled to the nearest pixel
+    (:class:`RandomAffine`), and Adam takes
     ``LEGIBLE_STEPS`` steps. Every value is our choice, tuned by looking at the images and by
     :func:`legibility` with judges that took no part in the optimisation.
     """

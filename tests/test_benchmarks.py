@@ -40,6 +40,52 @@ def test_measure_interleaves_and_reports_median_min_max(bench):
     assert r["a"]["runs"] == 3 and r["a"]["min"] <= r["a"]["median"] <= r["a"]["max"]
 
 
+@pytest.fixture(scope="module")
+def class_models_bench():
+    path = ROOT / "benchmarks" / "class_models.py"
+    spec = importlib.util.spec_from_file_location("bench_class_models", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_paired_steps_times_each_step_and_the_plain_pass_after_it(class_models_bench):
+    """A fake clock: steps take 3 s, plain passes 2 s, ticking takes no time; the first step (setup
+    included) and the warm-up pairs are left out, and every ratio is 1.5."""
+    now = [0.0]
+    clock = lambda: now[0]  # noqa: E731
+
+    def plain():
+        now[0] += 2.0
+
+    timer = class_models_bench.PairedSteps(plain, clock=clock)
+    now[0] += 10.0  # the run's setup and first step
+    for _ in range(5):
+        timer.tick()
+        now[0] += 3.0  # the next step
+    assert timer.steps == [3.0] * 4 and timer.plains == [2.0] * 4
+    s = timer.summary(skip=1)
+    assert (s["step_s"], s["plain_s"], s["ratio"], s["pairs"]) == (3.0, 2.0, 1.5, 3)
+    assert s["ratio_q1"] == s["ratio_q3"] == 1.5
+    with pytest.raises(ValueError, match="no timed steps"):
+        timer.summary(skip=4)
+
+
+def test_paired_steps_sees_every_step_of_visualise(class_models_bench):
+    """The hook the benchmark hands visualise ticks once per step: k steps give k - 1 pairs."""
+    import torch
+
+    import convvis
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5)).eval()
+    ticks = []
+    timer = class_models_bench.PairedSteps(lambda: ticks.append(1))
+    convvis.visualise(model, [0, 1], preset="legible", steps=6, size=8, progress=False,
+                      transforms=(convvis.RandomAffine(pad=1, jitter=1),),
+                      post_step=(lambda param, step: timer.tick(),))
+    assert len(ticks) == 6 and len(timer.steps) == len(timer.plains) == 5
+
+
 def test_there_is_a_saved_report_for_the_appendix():
     assert REPORTS, "benchmarks/reference/ holds no report: run python benchmarks/run.py --out ..."
 

@@ -192,6 +192,12 @@ def test_random_affine_identity_and_shift_geometry():
     x = torch.randn(3, 3, 16, 16)
     same = convvis.RandomAffine(pad=0, jitter=0, scales=(1.0, 1.0), degrees=0)
     torch.testing.assert_close(same(x, g), x, atol=1e-5, rtol=0)
+    # nearest sampling copies pixels: the identity is exact, and every output value is an input
+    # value or the zero fill
+    nearest = convvis.RandomAffine(pad=0, jitter=0, scales=(1.0, 1.0), degrees=0, mode="nearest")
+    assert torch.equal(nearest(x, g), x)
+    turned = convvis.RandomAffine(pad=2, jitter=1, scales=(0.9, 1.1), degrees=10, mode="nearest")(x, g)
+    assert set(turned.unique().tolist()) <= set(x.unique().tolist()) | {0.0}
     # a pure shift of (pad + jitter) pixels at most: the image's centre of mass moves by at most that
     blob = torch.zeros(1, 1, 33, 33)
     blob[..., 14:19, 14:19] = 1
@@ -217,7 +223,8 @@ def test_transforms_that_move_the_image_out_of_frame_are_refused():
         visualise(model, [0], preset="legible", transforms=(convvis.RandomAffine(pad=2, jitter=2),), size=4,
                   steps=1, progress=False)
     convvis.RandomAffine(pad=12, jitter=8).check(224)  # the preset's own values pass
-    for bad in ({"pad": -1}, {"scales": (0.0, 1.0)}, {"scales": (1.2, 1.1)}, {"degrees": 270}):
+    for bad in ({"pad": -1}, {"scales": (0.0, 1.0)}, {"scales": (1.2, 1.1)}, {"degrees": 270},
+                {"mode": "bicubic"}):
         with pytest.raises(ValueError):
             convvis.RandomAffine(**bad)
 

@@ -245,10 +245,16 @@ class FourierImage(nn.Module):
         # a unit of spectrum moves a colour channel by about one sigmoid unit, not a quarter of one
         mix = _RGB_SQRT_COV / _RGB_SQRT_COV.norm(dim=0).max() if bounded else _RGB_SQRT_COV / std_t[:, None]
         self.register_buffer("mix", mix.to(device))
+        # bounded: sigmoid(x) = (1 + tanh(x / 2)) / 2, so the matrix the forward pass uses carries the
+        # 1/2, and with mean = std = 0.5 (the embedded models) (sigmoid(x) - mean) / std is tanh(x / 2):
+        # one elementwise pass over the batch instead of two
+        self.register_buffer("_mix", (mix / 2 if bounded else mix).to(device), persistent=False)
         self.register_buffer("mean", torch.tensor([float(v) for v in mean]).view(1, 3, 1, 1).to(device))
         self.register_buffer("std", std_t.view(1, 3, 1, 1).to(device))
         self.size, self.bounded = size, bounded
-        self._shifted = any(float(v) != 0.5 for v in mean)  # decided here: no device sync per step
+        # decided here, not per step (a device sync on a GPU)
+        self._shifted = any(float(v) != 0.5 for v in mean)
+        self._tanh_only = not self._shifted and all(float(v) == 0.5 for v in std)
         self.spectrum = nn.Parameter(torch.zeros(n, 3, size, size // 2 + 1, 2, device=device))
 
     def forward(self) -> torch.Tensor:
@@ -256,14 +262,18 @@ class FourierImage(nn.Module):
         decorrelated = torch.fft.irfft2(spec, s=(self.size, self.size), norm="ortho")
         n = decorrelated.shape[0]
         # (3,3) @ (N,3,H*W): a batched matmul on views, no copies (einsum permuted and copied here)
-        mixed = torch.matmul(self.mix, decorrelated.reshape(n, 3, -1)).view(n, 3, self.size, self.size)
+        mixed = torch.matmul(self._mix, decorrelated.reshape(n, 3, -1)).view(n, 3, self.size, self.size)
         if not self.bounded:
             return mixed
-        # logit(mean) shifts the zero spectrum to the mean colour (logit(0.5) = 0: mid-grey, and no
-        # shift needed); the sigmoid keeps colours in [0, 1]; (colour - mean) / std as one addcmul
+        # colour = sigmoid(x + logit(mean)), in [0, 1]; the zero spectrum is the mean colour (logit(0.5) =
+        # 0: mid-grey, no shift). mixed holds x / 2, and (colour - mean) / std
+        # = tanh((x + logit(mean)) / 2) * 0.5 / std + (0.5 - mean) / std
         if self._shifted:
-            mixed = mixed + torch.logit(self.mean)
-        return torch.addcmul(-self.mean / self.std, torch.sigmoid(mixed), 1 / self.std)
+            mixed = mixed + torch.logit(self.mean) / 2
+        half = torch.tanh(mixed)
+        if self._tanh_only:
+            return half
+        return torch.addcmul((0.5 - self.mean) / self.std, half, 0.5 / self.std)
 
 
 def fourier_image(decay: float = 1.0, bounded: bool = True) -> Callable[..., FourierImage]:

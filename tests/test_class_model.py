@@ -187,6 +187,27 @@ def test_bounded_fourier_image_starts_at_mid_grey_and_stays_in_range():
     assert isinstance(built, FourierImage) and built().shape == (3, 3, 16, 16)
 
 
+@pytest.mark.parametrize("mean, std", [
+    ((0.5,) * 3, (0.5,) * 3),  # the embedded models: tanh alone
+    ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # torchvision's: shifted and rescaled
+    ((0.5,) * 3, (0.229, 0.224, 0.225)),  # rescaled only
+])
+def test_bounded_fourier_image_is_the_sigmoid_of_the_mixed_spectrum(mean, std):
+    """The forward pass computes it through tanh (one pass fewer); it must equal the definition,
+    (sigmoid(mix @ irfft2(scale * spectrum) + logit(mean)) - mean) / std, to float32 rounding."""
+    torch.manual_seed(0)
+    f = FourierImage(2, 32, std=std, mean=mean, decay=1.5, bounded=True)
+    with torch.no_grad():
+        f.spectrum.normal_(std=3.0)
+        spec = torch.view_as_complex(f.spectrum) * f.scale
+        x = torch.fft.irfft2(spec, s=(32, 32), norm="ortho") * 32 / 8
+        mixed = torch.einsum("ij,njhw->nihw", f.mix, x)
+        want = (torch.sigmoid(mixed + torch.logit(f.mean)) - f.mean) / f.std
+        torch.testing.assert_close(f(), want, atol=2e-6, rtol=0)
+        f.spectrum.zero_()
+        torch.testing.assert_close(f(), torch.zeros(2, 3, 32, 32), atol=1e-6, rtol=0)  # the mean colour
+
+
 def test_random_affine_identity_and_shift_geometry():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 3, 16, 16)

@@ -10,12 +10,17 @@ ROOT = Path(__file__).resolve().parent.parent
 REPORTS = sorted((ROOT / "benchmarks" / "reference").glob("*.json"))
 
 
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
+def _load(script: str):
+    """A benchmark script as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{script}", ROOT / "benchmarks" / f"{script}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _load("run")
 
 
 def test_exponent_of_a_power_law(bench):
@@ -42,11 +47,7 @@ def test_measure_interleaves_and_reports_median_min_max(bench):
 
 @pytest.fixture(scope="module")
 def class_models_bench():
-    path = ROOT / "benchmarks" / "class_models.py"
-    spec = importlib.util.spec_from_file_location("bench_class_models", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return _load("class_models")
 
 
 def test_paired_steps_times_each_step_and_the_plain_pass_after_it(class_models_bench):

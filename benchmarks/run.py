@@ -98,7 +98,8 @@ def _memory_probe(kind: str, bs: int, args) -> dict:
     """
     import gc
 
-    device = convvis.setup(seed=0, device="cpu")
+    # freed memory must go back to the system here (see above): setup must not keep it
+    device = convvis.setup(seed=0, device="cpu", keep_freed_memory=False)
     net = convvis.load_model(device=device)
     x, t = _batch(net, convvis.sample_names(), bs)
     if kind == "saliency":
@@ -487,6 +488,107 @@ def bench_scaling(net, device, args) -> dict:
     return out
 
 
+# ---- page faults: the same calls with freed memory kept for reuse and without (issue #24) -------
+
+
+def _usage() -> tuple[float, float, int]:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
+    return r.ru_utime, r.ru_stime, r.ru_minflt
+
+
+def _faults_probe(keep: bool, bs: int, rounds: int) -> dict:
+    """In a fresh process: saliency and the bare forward+backward at one batch, per image.
+
+    ``keep``: :func:`convvis.setup`'s ``keep_freed_memory``. mallopt is process-wide and cannot
+    be undone, so each side runs in its own process. Wall, user and system seconds and minor page
+    faults (``getrusage``) are per image, medians over ``rounds`` interleaved runs after one
+    warm-up; the peak resident memory (VmHWM) is of the whole process; a hash of the maps checks
+    that both sides compute the same bits.
+    """
+    import hashlib
+
+    device = convvis.setup(seed=0, device="cpu", keep_freed_memory=keep)
+    net = convvis.load_model(device=device)
+    x, t = _batch(net, convvis.sample_names(), bs)
+    fns = {"saliency": lambda: saliency_map(net, x, t),
+           "forward_backward": lambda: forward_backward(net.model, x, t)}
+    maps = saliency_map(net, x, t)
+    for fn in fns.values():  # warm-up
+        fn()
+    rows: dict[str, dict[str, list[float]]] = {k: {"s": [], "user": [], "sys": [], "faults": []} for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            u0, s0, f0 = _usage()
+            t0 = time.perf_counter()
+            fn()
+            wall = time.perf_counter() - t0
+            u1, s1, f1 = _usage()
+            for k, v in (("s", wall), ("user", u1 - u0), ("sys", s1 - s0), ("faults", f1 - f0)):
+                rows[name][k].append(v / bs)
+    out = {name: {"images_per_s": 1 / statistics.median(r["s"]),
+                  "user_ms_per_image": 1000 * statistics.median(r["user"]),
+                  "system_ms_per_image": 1000 * statistics.median(r["sys"]),
+                  "minor_faults_per_image": statistics.median(r["faults"]),
+                  "seconds_per_image_runs": r["s"]} for name, r in rows.items()}
+    out["peak_rss_bytes"] = _proc_status_bytes("VmHWM")
+    out["maps_sha256"] = hashlib.sha256(maps.contiguous().numpy().tobytes()).hexdigest()
+    out["keep_freed_memory_applied"] = bool(convvis.runtime._malloc_state["applied"])
+    return out
+
+
+def _faults_in_child(keep: bool, bs: int, rounds: int) -> dict:
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "CONVVIS_KEEP_FREED_MEMORY")}
+    cmd = [sys.executable, __file__, "--faults-probe", "keep" if keep else "release", str(bs),
+           "--repeats", str(rounds)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def bench_faults(net, device, args) -> dict:
+    """Saliency and forward+backward per image, with freed memory kept for reuse and without.
+
+    Each (batch, side) runs in a fresh process on the CPU; the sides alternate, ``--fault-pairs``
+    times per batch, so a slow spell on a shared machine hits both. Reported per side: images/s,
+    user and system CPU ms and minor page faults per image (medians over the pairs), the largest
+    peak RSS; and the ratios kept / released.
+    """
+    out: dict = {"method": "fresh process per (batch, side); getrusage(RUSAGE_SELF) deltas per call"}
+    for bs in args.fault_batches:
+        runs: dict[str, list[dict]] = {"released": [], "kept": []}
+        for _ in range(args.fault_pairs):
+            for side in ("released", "kept"):
+                runs[side].append(_faults_in_child(side == "kept", bs, args.fault_rounds))
+        r: dict = {}
+        for side, rs in runs.items():
+            r[side] = {fn: {k: statistics.median(x[fn][k] for x in rs)
+                            for k in ("images_per_s", "user_ms_per_image", "system_ms_per_image",
+                                      "minor_faults_per_image")}
+                       for fn in ("saliency", "forward_backward")}
+            r[side]["peak_rss_bytes"] = max(x["peak_rss_bytes"] for x in rs)
+            r[side]["runs"] = rs
+        r["maps_identical"] = len({x["maps_sha256"] for rs in runs.values() for x in rs}) == 1
+        for fn in ("saliency", "forward_backward"):
+            r[f"speedup_{fn}"] = r["kept"][fn]["images_per_s"] / r["released"][fn]["images_per_s"]
+        r["peak_rss_ratio"] = r["kept"]["peak_rss_bytes"] / r["released"]["peak_rss_bytes"]
+        out[f"batch_{bs}"] = r
+        for fn in ("saliency", "forward_backward"):
+            a, b = r["released"][fn], r["kept"][fn]
+            print(f"  {fn:16s} batch {bs:3d}: images/s {a['images_per_s']:5.1f} -> {b['images_per_s']:5.1f}; "
+                  f"user ms/image {a['user_ms_per_image']:5.1f} -> {b['user_ms_per_image']:5.1f}; system "
+                  f"{a['system_ms_per_image']:5.1f} -> {b['system_ms_per_image']:5.1f}; minor faults/image "
+                  f"{a['minor_faults_per_image']:7.0f} -> {b['minor_faults_per_image']:7.0f}", flush=True)
+        print(f"  batch {bs:3d}: peak RSS {r['released']['peak_rss_bytes'] / 2**20:.0f} -> "
+              f"{r['kept']['peak_rss_bytes'] / 2**20:.0f} MiB (x{r['peak_rss_ratio']:.2f}); maps "
+              f"{'bit-for-bit identical' if r['maps_identical'] else 'DIFFERENT'}", flush=True)
+    return out
+
+
 def _cuda_peak(net, kind: str, bs: int, device, args) -> int | None:
     x, t = _batch(net, convvis.sample_names(), bs)
     if kind == "saliency":
@@ -555,6 +657,7 @@ BENCHMARKS: dict[str, Callable] = {
     "segmentation": bench_segmentation,
     "scaling": bench_scaling,
     "memory": bench_memory,
+    "faults": bench_faults,
     "book": bench_book,  # full runs only (minutes): not part of --quick unless named in --only
 }
 
@@ -568,6 +671,12 @@ def summary(report: dict) -> str:
             rows.append((name, "/ forward+backward", r["ratio_to_floor_channels_last"]))
             if "ratio_to_captum" in r:
                 rows.append((name, "/ captum Saliency", r["ratio_to_captum"]))
+    for bs, r in res.get("faults", {}).items():
+        if bs.startswith("batch_"):
+            name = bs.replace("_", " ")
+            kept = f"saliency, {name}, freed memory kept"
+            rows.append((kept, "/ released (speed)", r["speedup_saliency"]))
+            rows.append((kept, "/ released (peak RSS)", r["peak_rss_ratio"]))
     for bs, r in res.get("deletion", {}).items():
         rows.append((f"deletion, {bs.replace('_', ' ')}", "/ bare forwards", r["ratio_to_bare_forwards"]))
     for bs, r in res.get("class_model", {}).items():
@@ -609,14 +718,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="where to write the JSON report")
     p.add_argument("--memory-budget-gib", type=float, default=None,
                    help="memory budget for the largest-batch figure (default 4 on CPU, 16 on CUDA)")
+    p.add_argument("--fault-batches", type=int, nargs="+", default=None,
+                   help="batch sizes of the page-fault benchmark (default 1 8 16 32 80)")
+    p.add_argument("--fault-pairs", type=int, default=None,
+                   help="fresh-process pairs (released, kept) per batch in the page-fault benchmark")
     p.add_argument("--memory-probe", nargs=2, metavar=("KIND", "BATCH"), help=argparse.SUPPRESS)
+    p.add_argument("--faults-probe", nargs=2, metavar=("SIDE", "BATCH"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.faults_probe:  # internal: one side of the page-fault benchmark in this fresh process
+        side, bs = args.faults_probe
+        print(json.dumps(_faults_probe(side == "keep", int(bs), args.repeats or 3)))
+        return 0
     if args.memory_probe:  # internal: one memory measurement in this fresh process
         print(json.dumps(_memory_probe(args.memory_probe[0], int(args.memory_probe[1]), args)))
         return 0
     args.batch_sizes = [1, 8] if args.quick else [1, 8, 32]
     args.repeats = args.repeats or (5 if args.quick else 9)
     args.naive_max_batch = 1 if args.quick else 8
+    args.fault_batches = args.fault_batches or ([1, 8, 16] if args.quick else [1, 8, 16, 32, 80])
+    args.fault_pairs = args.fault_pairs or (1 if args.quick else 2)
+    args.fault_rounds = 2 if args.quick else 3
 
     device = convvis.setup(seed=0, device=args.device)
     if args.memory_budget_gib is None:

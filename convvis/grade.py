@@ -264,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"no such file or folder: {', '.join(missing)}")
     if not _submissions(args.submissions):
         p.error("no notebooks to grade")
+    from .runtime import keep_freed_memory
+
+    keep_freed_memory()  # this process; each kernel gets it from the notebook's convvis.setup() (issue #24)
     rows = grade(args.submissions, args.chapters, args.timeout)
     write_csv(rows, args.out)
     print(summary(rows))

@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 
 from .ilsvrc import ILSVRCLocalisation, box_to_photo, imagenet_wnids, localisation_correct
+from .runtime import keep_freed_memory
 
 __all__ = ["evaluate", "summarise", "format_summary", "main", "PUBLISHED"]
 
@@ -67,6 +68,7 @@ PUBLISHED = [
 
 def _init_worker() -> None:
     torch.set_num_threads(1)  # one process per core; the graph cut is single-threaded anyway
+    keep_freed_memory()  # issue #24: no page faults on every photo's arrays
 
 
 def _localise_one(task: dict) -> dict:
@@ -222,6 +224,7 @@ def evaluate(
         torch.utils.data.Subset(data, todo), batch_size=batch_size, num_workers=loader_workers,
         collate_fn=list, pin_memory=dev.type == "cuda",
         multiprocessing_context="spawn" if loader_workers else None,
+        worker_init_fn=keep_freed_memory if loader_workers else None,
         prefetch_factor=2 if loader_workers else None)
     pool = None
     if workers > 0 and not classes_only:
@@ -362,6 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not Path(d).is_dir():
             p.error(f"the {what} folder {d} does not exist or is not a folder")
     t0 = time.perf_counter()
+    keep_freed_memory()  # issue #24; the loader and pool processes call it in their initialisers
     try:
         summary = evaluate(a.images_dir, a.annotations_dir, a.out, model=a.model, device=a.device,
                            batch_size=a.batch_size, workers=a.workers, loader_workers=a.loader_workers,

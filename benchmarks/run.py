@@ -705,6 +705,13 @@ def machine() -> dict:
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
+    try:  # the code measured: the appendix labels each report with it
+        import subprocess
+
+        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                                        capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
     return info
 
 

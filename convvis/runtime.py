@@ -72,10 +72,11 @@ def keep_freed_memory(worker_id: int | None = None) -> bool:
 
         MALLOC_MMAP_THRESHOLD_=17179869184 MALLOC_TRIM_THRESHOLD_=17179869184 python my_script.py
 
-    Calling it again does nothing. GPU runs are unaffected (CUDA memory has its own caching
-    allocator). Where it cannot apply (macOS, Windows, musl, any C library but glibc) it does
-    nothing and warns once per process. The environment variable ``CONVVIS_KEEP_FREED_MEMORY=0``
-    turns it off in this process and every process it starts (for comparisons).
+    Calling it again does nothing. On a GPU only host memory is concerned (CUDA tensors come
+    from torch's own caching allocator). Where it cannot apply (macOS, Windows, musl, any C
+    library but glibc) it does nothing and warns once per process. The environment variable
+    ``CONVVIS_KEEP_FREED_MEMORY=0`` turns it off in this process and every process it starts
+    (for comparisons).
     """
     if _malloc_state["applied"]:
         return True
@@ -131,7 +132,7 @@ def setup(seed: int | None = 0, device: str | torch.device | None = None, *,
         (:func:`convvis.runtime.keep_freed_memory`; process-wide): on a CPU a saliency map then
         spends no time re-faulting zeroed pages, up to twice as fast. ``False`` leaves the
         allocator as it is (it does not undo an earlier call). Where it cannot apply it warns
-        once and does nothing; on a GPU it is harmless.
+        once and does nothing; on a GPU it concerns host memory only.
 
     Returns
     -------

@@ -751,7 +751,8 @@ def main(argv: list[str] | None = None) -> int:
         args.memory_budget_gib = 16.0 if device.type == "cuda" else 4.0
     net = convvis.load_model(device=device)
     report = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "machine": machine(), "quick": args.quick, "device": str(device), "results": {}}
+              "machine": machine(), "quick": args.quick, "device": str(device), "only": args.only,
+              "results": {}}
     print(f"convvis benchmarks on {device} ({report['machine']['processor']}, "
           f"{report['machine']['cpu_threads']} threads), quick={args.quick}")
     chosen = args.only or [b for b in BENCHMARKS if not (args.quick and b == "book")]

@@ -113,7 +113,7 @@ from .models import (
     predict,
 )
 from .plotting import draw_box, overlay, prediction_title, show_images, signed_to_rgb, stretch
-from .runtime import reference_parameters, reference_run, resolve_device, setup
+from .runtime import keep_freed_memory, reference_parameters, reference_run, resolve_device, setup
 from .saliency import (
     REDUCTIONS,
     grad_cam,
@@ -150,6 +150,7 @@ __all__ = [
     "imagenet_class_names", "efficientnet_lite_key_map", "efficientnet_lite0_key_map",
     "load_image", "load_images", "to_photo", "deprocess", "box_to_input", "data_dir", "sample_names",
     "sample_path", "load_annotations", "setup", "resolve_device", "reference_parameters", "reference_run",
+    "keep_freed_memory",
     # plotting
     "show_images", "overlay", "draw_box", "prediction_title", "signed_to_rgb", "stretch",
     # shared plumbing

@@ -129,7 +129,7 @@ def setup(seed: int | None = 0, device: str | torch.device | None = None, *,
         available, else CPU.
     keep_freed_memory:
         Tell glibc to keep freed memory for reuse instead of returning it to the kernel
-        (:func:`convvis.runtime.keep_freed_memory`; process-wide): on a CPU a saliency map then
+        (:func:`convvis.keep_freed_memory`; process-wide): on a CPU a saliency map then
         spends no time re-faulting zeroed pages, up to twice as fast. ``False`` leaves the
         allocator as it is (it does not undo an earlier call). Where it cannot apply it warns
         once and does nothing; on a GPU it concerns host memory only.

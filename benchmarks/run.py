@@ -531,7 +531,9 @@ def _faults_probe(keep: bool, bs: int, rounds: int) -> dict:
                   "user_ms_per_image": 1000 * statistics.median(r["user"]),
                   "system_ms_per_image": 1000 * statistics.median(r["sys"]),
                   "minor_faults_per_image": statistics.median(r["faults"]),
-                  "seconds_per_image_runs": r["s"]} for name, r in rows.items()}
+                  "seconds_per_image_runs": r["s"], "user_s_per_image_runs": r["user"],
+                  "system_s_per_image_runs": r["sys"], "minor_faults_per_image_runs": r["faults"]}
+           for name, r in rows.items()}
     out["peak_rss_bytes"] = _proc_status_bytes("VmHWM")
     out["maps_sha256"] = hashlib.sha256(maps.contiguous().numpy().tobytes()).hexdigest()
     out["keep_freed_memory_applied"] = bool(convvis.runtime._malloc_state["applied"])
@@ -550,13 +552,25 @@ def _faults_in_child(keep: bool, bs: int, rounds: int) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def _pooled(children: list[dict], fn: str) -> dict:
+    """Medians over every timed run of every child process of one side: a stall of the shared
+    machine during one run moves the median of the pooled runs less than a child's median."""
+    def med(key):
+        return statistics.median(v for c in children for v in c[fn][key])
+
+    return {"images_per_s": 1 / med("seconds_per_image_runs"),
+            "user_ms_per_image": 1000 * med("user_s_per_image_runs"),
+            "system_ms_per_image": 1000 * med("system_s_per_image_runs"),
+            "minor_faults_per_image": med("minor_faults_per_image_runs")}
+
+
 def bench_faults(net, device, args) -> dict:
     """Saliency and forward+backward per image, with freed memory kept for reuse and without.
 
     Each (batch, side) runs in a fresh process on the CPU; the sides alternate, ``--fault-pairs``
     times per batch, so a slow spell on a shared machine hits both. Reported per side: images/s,
     user and system CPU ms and minor page faults per image (medians over the pairs), the largest
-    peak RSS; and the ratios kept / released.
+    peak RSS; and the ratios kept / released. Medians are over every timed run of a side (pooled).
     """
     out: dict = {"method": "fresh process per (batch, side); getrusage(RUSAGE_SELF) deltas per call"}
     for bs in args.fault_batches:
@@ -566,10 +580,7 @@ def bench_faults(net, device, args) -> dict:
                 runs[side].append(_faults_in_child(side == "kept", bs, args.fault_rounds))
         r: dict = {}
         for side, rs in runs.items():
-            r[side] = {fn: {k: statistics.median(x[fn][k] for x in rs)
-                            for k in ("images_per_s", "user_ms_per_image", "system_ms_per_image",
-                                      "minor_faults_per_image")}
-                       for fn in ("saliency", "forward_backward")}
+            r[side] = {fn: _pooled(rs, fn) for fn in ("saliency", "forward_backward")}
             r[side]["peak_rss_bytes"] = max(x["peak_rss_bytes"] for x in rs)
             r[side]["runs"] = rs
         r["maps_identical"] = len({x["maps_sha256"] for rs in runs.values() for x in rs}) == 1

@@ -114,3 +114,26 @@ def test_saved_report_has_what_the_appendix_shows(path, bench):
     for key, r in res.get("faults", {}).items():  # what the appendix's page-fault table reads
         if key.startswith("batch_"):
             assert r["maps_identical"] and {"released", "kept"} <= set(r), (path.name, key)
+
+
+def test_fault_benchmark_pools_runs_and_compares_map_hashes(bench, monkeypatch):
+    """Fake child processes: the kept side is twice as fast, one released run stalls; the medians are
+    over all runs of a side, and a different map hash is reported."""
+    import argparse
+
+    def child(keep, bs, rounds):
+        s = [0.05, 0.05, 0.05] if keep else [0.1, 0.1, 5.0]
+        one = {"seconds_per_image_runs": s, "user_s_per_image_runs": [0.05] * 3,
+               "system_s_per_image_runs": [0.0 if keep else 0.04] * 3,
+               "minor_faults_per_image_runs": [0 if keep else 9000] * 3}
+        return {"saliency": one, "forward_backward": one, "peak_rss_bytes": 110 if keep else 100,
+                "maps_sha256": "a" if bs == 1 or keep else "b"}
+
+    monkeypatch.setattr(bench, "_faults_in_child", child)
+    args = argparse.Namespace(fault_batches=[1, 2], fault_pairs=2, fault_rounds=3)
+    out = bench.bench_faults(None, None, args)
+    one = out["batch_1"]
+    assert one["released"]["saliency"]["images_per_s"] == pytest.approx(10)  # the 5 s stalls ignored
+    assert one["speedup_saliency"] == pytest.approx(2) and one["peak_rss_ratio"] == pytest.approx(1.1)
+    assert one["kept"]["saliency"]["minor_faults_per_image"] == 0
+    assert one["maps_identical"] and not out["batch_2"]["maps_identical"]

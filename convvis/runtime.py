@@ -130,7 +130,9 @@ def setup(seed: int | None = 0, device: str | torch.device | None = None, *,
     keep_freed_memory:
         Tell glibc to keep freed memory for reuse instead of returning it to the kernel
         (:func:`convvis.keep_freed_memory`; process-wide): on a CPU a saliency map then
-        spends no time re-faulting zeroed pages, up to twice as fast. ``False`` leaves the
+        spends no time re-faulting zeroed pages (1.5 to 1.9 times the images/s at batches 16
+        to 80 on a 2-core CPU, ``benchmarks/reference/cpu-2core-2026-12-04-page-faults.json``).
+        ``False`` leaves the
         allocator as it is (it does not undo an earlier call). Where it cannot apply it warns
         once and does nothing; on a GPU it concerns host memory only.
 

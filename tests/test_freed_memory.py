@@ -88,3 +88,25 @@ def test_where_it_cannot_apply_it_does_nothing_and_warns_once(monkeypatch):
         runtime.setup(seed=None, device="cpu")
     assert len(caught) == 1 and "not glibc" in str(caught[0].message)
     assert runtime._malloc_state["applied"] is False
+
+
+_MAPS = textwrap.dedent("""
+    import hashlib, sys
+    import convvis
+
+    device = convvis.setup(seed=0, device="cpu", keep_freed_memory=sys.argv[1] == "keep")
+    net = convvis.load_model(device=device)
+    x = convvis.load_images(convvis.sample_names()[:4], net)
+    for _ in range(2):  # the second pass runs on reused memory where it is kept
+        maps = convvis.saliency_map(net, x)
+    print(convvis.runtime._malloc_state["applied"], hashlib.sha256(maps.numpy().tobytes()).hexdigest())
+""")
+
+
+def test_the_maps_are_bit_for_bit_the_same_with_freed_memory_kept():
+    """The setting changes where memory comes from, never a result: the same bits either way."""
+    env = {**os.environ, "CONVVIS_KEEP_FREED_MEMORY": "1"}
+    out = {mode: subprocess.run([sys.executable, "-c", _MAPS, mode], capture_output=True, text=True,
+                                check=True, env=env).stdout.split()[-2:] for mode in ("keep", "release")}
+    assert out["release"][0] == "False" and out["keep"][0] == str(runtime._glibc() is not None)
+    assert out["keep"][1] == out["release"][1]

@@ -68,7 +68,7 @@ PUBLISHED = [
 
 def _init_worker() -> None:
     torch.set_num_threads(1)  # one process per core; the graph cut is single-threaded anyway
-    keep_freed_memory()  # issue #24: no page faults on every photo's arrays
+    keep_freed_memory()  # issue #24: freed arrays are reused, not faulted in again
 
 
 def _localise_one(task: dict) -> dict:

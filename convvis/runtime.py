@@ -52,8 +52,8 @@ def keep_freed_memory(worker_id: int | None = None) -> bool:
     frees them when it ends. glibc serves every block above its *mmap threshold* (128 KiB,
     sliding up to at most 32 MiB) with a fresh ``mmap`` and gives it back to the kernel with
     ``munmap`` when freed, so the next pass faults every page in again and the kernel zero-fills
-    it: on a 2-core CPU that is up to half of a saliency map's time, all of it system time (issue
-    #24). Two ``mallopt`` calls stop it: ``M_MMAP_THRESHOLD`` at 2**31 - 1 serves large blocks from
+    it, all of it system time: 40 % of a saliency map's CPU time at batch 80 on a 2-core CPU
+    (issue #24). Two ``mallopt`` calls stop it: ``M_MMAP_THRESHOLD`` at 2**31 - 1 serves large blocks from
     the heap instead, and ``M_TRIM_THRESHOLD`` at -1 (no limit) never gives the heap's top back.
     Freed blocks are then reused by the next pass, pages already resident. A 32 MiB threshold
     (the sliding one's ceiling) does not help: a batch's activations are larger.
@@ -132,9 +132,8 @@ def setup(seed: int | None = 0, device: str | torch.device | None = None, *,
         (:func:`convvis.keep_freed_memory`; process-wide): on a CPU a saliency map then
         spends no time re-faulting zeroed pages (1.5 to 1.9 times the images/s at batches 16
         to 80 on a 2-core CPU, ``benchmarks/reference/cpu-2core-2026-12-04-page-faults.json``).
-        ``False`` leaves the
-        allocator as it is (it does not undo an earlier call). Where it cannot apply it warns
-        once and does nothing; on a GPU it concerns host memory only.
+        ``False`` leaves the allocator as it is (it does not undo an earlier call). Where it
+        cannot apply it warns once and does nothing; on a GPU it concerns host memory only.
 
     Returns
     -------

@@ -15,11 +15,15 @@ recipe runs inside it.
 from __future__ import annotations
 
 import contextlib
+import difflib
+import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+
+from .loaded_model import LoadedModel
 
 __all__ = [
     "Target",
@@ -29,6 +33,10 @@ __all__ = [
     "check_image",
     "check_eval_mode",
     "check_scores",
+    "check_photo",
+    "scores_and_targets",
+    "RECTIFIERS",
+    "deprecated_argument",
     "resolve_targets",
     "frozen_parameters",
     "capture_output",
@@ -39,12 +47,13 @@ __all__ = [
 #: ``"tabby cat"``, or a sequence / tensor of those, one per image.
 Target = int | str | Sequence[int | str] | torch.Tensor | None
 
+#: The rectifier modules convvis reads and swaps (ReLU6 is EfficientNet-Lite's).
+RECTIFIERS = (nn.ReLU, nn.ReLU6)
+
 
 def as_module(model) -> nn.Module:
     """The ``nn.Module`` that computes the scores: ``model.model`` for a :class:`convvis.LoadedModel`,
     the model itself for any other ``nn.Module``."""
-    from .models import LoadedModel
-
     if isinstance(model, LoadedModel):
         return model.model
     if isinstance(model, nn.Module):
@@ -169,6 +178,19 @@ def check_scores(scores: torch.Tensor) -> None:
             )
 
 
+def check_photo(photo) -> np.ndarray:
+    """Refuse anything that is not an H x W x 3 float RGB photo; return it as a float64 array.
+
+    A photo is what :func:`convvis.to_photo` returns, values in [0, 1] (the range is not checked).
+    """
+    photo = np.asarray(photo)
+    if photo.ndim != 3 or photo.shape[2] != 3:
+        raise ValueError(f"expected an H x W x 3 RGB photo, got shape {photo.shape}")
+    if not np.issubdtype(photo.dtype, np.floating):
+        raise TypeError(f"expected a float photo in [0, 1], got {photo.dtype}")
+    return photo.astype(np.float64)
+
+
 def _class_index(name: str, class_names: Sequence[str] | None) -> int:
     if not class_names:
         raise TypeError(
@@ -179,8 +201,6 @@ def _class_index(name: str, class_names: Sequence[str] | None) -> int:
     for i, n in enumerate(class_names):
         if n.lower() == key:
             return i
-    import difflib
-
     lowered = [n.lower() for n in class_names]
     close = [class_names[i] for i, n in enumerate(lowered) if key in n or n in key]
     close += [class_names[lowered.index(n)] for n in difflib.get_close_matches(key, lowered, n=5)]
@@ -310,6 +330,25 @@ def capture_output(model, layer: str) -> Iterator[dict[str, torch.Tensor]]:
         handle.remove()
 
 
+def scores_and_targets(
+    model, image: torch.Tensor, target: Target = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The checked forward pass every method starts with: ``(scores, target)``.
+
+    Checks the model (eval mode) and the image (:func:`check_image`), computes the scores (N, K)
+    of the image, checks they are unnormalised (:func:`check_scores`), and resolves ``target`` to an
+    (N,) long tensor (:func:`resolve_targets`; ``None``: each image's top-1 class). Runs in the
+    caller's autograd mode: under ``torch.no_grad()`` for scores alone, with gradients enabled
+    (and an image that requires them) for :func:`score_gradient`.
+    """
+    module = as_module(model)
+    check_eval_mode(module)
+    check_image(image, module)
+    scores = module(image)
+    check_scores(scores)
+    return scores, resolve_targets(target, scores, class_names=class_names_of(model))
+
+
 def score_gradient(
     model,
     image: torch.Tensor,
@@ -319,10 +358,10 @@ def score_gradient(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The one recipe: d S_c / d (input or a layer's output), for a batch, in one backward pass.
 
-    Checks the model (eval mode) and the image (``check_image``), runs one forward pass
-    with the weights frozen, checks the scores are unnormalised, resolves ``target`` (see
-    :func:`convvis.resolve_targets`), and differentiates the sum of the selected scores. Images in an
-    eval-mode batch are independent, so the gradient of the sum is each image's own gradient.
+    Runs the checked forward pass (:func:`scores_and_targets`: eval mode, image, unnormalised
+    scores, ``target``) with the weights frozen, and differentiates the sum of the selected scores.
+    Images in an eval-mode batch are independent, so the gradient of the sum is each image's own
+    gradient.
 
     Returns ``(grad, score, target, features)``: ``grad`` has the shape of ``image`` (N,C,H,W) or,
     with ``layer``, of that layer's output; ``score`` (N,) is S_c(I); ``target`` (N,) the classes;
@@ -331,14 +370,14 @@ def score_gradient(
     image is modified.
     """
     module = as_module(model)
-    check_eval_mode(module)
-    check_image(image, module)
-    x = image.detach().requires_grad_(True)  # a new leaf: the caller's tensor is untouched
+    if not isinstance(image, torch.Tensor):
+        check_image(image)  # says what it expects; a tensor is checked in full by scores_and_targets
+    x = image.detach()  # a new leaf: the caller's tensor is untouched
+    if x.is_floating_point():  # any other dtype is refused by scores_and_targets, with a message
+        x.requires_grad_(True)
     ctx = capture_output(module, layer) if layer is not None else contextlib.nullcontext({})
     with ctx as store, frozen_parameters(module), torch.enable_grad():
-        scores = module(x)
-        check_scores(scores)
-        t = resolve_targets(target, scores, class_names=class_names_of(model))
+        scores, t = scores_and_targets(model, x, target)
         selected = scores.gather(1, t[:, None])[:, 0]
         wrt = store["output"] if layer is not None else x
         if layer is not None and not (isinstance(wrt, torch.Tensor) and wrt.requires_grad):
@@ -346,3 +385,17 @@ def score_gradient(
         (grad,) = torch.autograd.grad(selected.sum(), wrt)
     feats = store["output"].detach() if layer is not None else None
     return grad, selected.detach(), t, feats
+
+
+def deprecated_argument(function: str, old: str, old_value, new: str, new_value, default=None):
+    """The value of a renamed keyword argument, warning when the old name was used.
+
+    ``old_value`` is ``None`` when the caller did not use the old name. Passing both names raises
+    ``TypeError``. For one release after a rename (British spelling, ``target`` for classes).
+    """
+    if old_value is None:
+        return new_value
+    warnings.warn(f"{function}({old}=...) is deprecated; use {new}=...", DeprecationWarning, stacklevel=3)
+    if new_value is not default:
+        raise TypeError(f"{function}() got both {new}= and its deprecated spelling {old}=")
+    return old_value

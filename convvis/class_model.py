@@ -355,9 +355,9 @@ class RandomAffine:
     ``grid_sample`` (lucent pads the canvas to 248 pixels and resamples four times).
 
     ``mode``: ``"bilinear"`` interpolates between the four nearest pixels; ``"nearest"`` (the
-    legible preset's) copies the nearest one, which costs about half as much forward and backward
-    on a CPU. Each step draws a new sub-pixel offset, so over the steps the gradient still reaches
-    every pixel.
+    legible preset's) copies the nearest one, which is cheaper (``benchmarks/class_models.py``
+    times a step). Each step draws a new sub-pixel offset, so over the steps the gradient still
+    reaches every pixel.
 
     ``pad`` and ``jitter`` are in pixels of the image; their sum is the largest shift. A
     configuration under which a draw could leave no pixel of the image in the frame is refused by
@@ -582,7 +582,7 @@ def visualise(
         opt = _adam(list(param.parameters()), lr)
     else:
         raise ValueError(f"optimizer must be 'sgd' or 'adam', not {optimizer!r}")
-    hist = History()
+    recorded: dict[str, list[torch.Tensor]] = {name: [] for name in History.__dataclass_fields__}
     with frozen_parameters(module):
         for step in tqdm(range(steps), disable=not progress, desc="class models", leave=False):
             image = param()
@@ -596,18 +596,29 @@ def visualise(
             opt.step()
             for hook in post_step:
                 hook(param, step)
-            with torch.no_grad():
+            with torch.no_grad():  # recorded on the device; read back once, after the last step
                 s = scores.gather(1, t[:, None])[:, 0]
-                hist.objective.append(value.detach().cpu().numpy())
-                hist.score.append(s.cpu().numpy())
-                hist.probability.append(scores.softmax(1).gather(1, t[:, None])[:, 0].cpu().numpy())
-                hist.norm.append(image.detach().flatten(1).norm(dim=1).cpu().numpy())
-                hist.other_scores.append(((scores.sum(1) - s) / (scores.shape[1] - 1)).cpu().numpy())
                 others = scores.scatter(1, t[:, None], float("-inf"))
-                hist.lse_others.append(torch.logsumexp(others, dim=1).cpu().numpy())
+                for name, v in (("objective", value.detach()), ("score", s),
+                                ("probability", scores.softmax(1).gather(1, t[:, None])[:, 0]),
+                                ("norm", image.detach().flatten(1).norm(dim=1)),
+                                ("other_scores", (scores.sum(1) - s) / (scores.shape[1] - 1)),
+                                ("lse_others", torch.logsumexp(others, dim=1))):
+                    recorded[name].append(v)
     with torch.no_grad():
         final = param().detach()
+    hist = History(**_read_back(recorded))
     return Result(final, t.cpu(), hist.as_arrays(), repr(objective))
+
+
+def _read_back(recorded: dict[str, list[torch.Tensor]]) -> dict[str, list[np.ndarray]]:
+    """Per-step (N,) tensors -> per-step NumPy arrays, read from the device in one go when their
+    dtypes and devices agree (they do for a model's scores), else one read per series."""
+    series = {k: torch.stack(v) for k, v in recorded.items()}  # (steps, N) each
+    if len({(v.dtype, v.device) for v in series.values()}) == 1:
+        values = torch.stack(list(series.values())).cpu().numpy()  # (series, steps, N): one read
+        return {k: list(values[i]) for i, k in enumerate(series)}
+    return {k: list(v.cpu().numpy()) for k, v in series.items()}
 
 
 def _adam(params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:

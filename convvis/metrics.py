@@ -151,27 +151,35 @@ def perturbation_curve(
         raise ValueError(f"mode must be 'deletion' or 'insertion', not {mode!r}")
     p = _protocol(protocol)
     module = as_module(model)
-    image = image.detach()
-    with torch.no_grad():
-        _, t = scores_and_targets(model, image, target)
-    n, c, h, w = image.shape
-    if saliency.shape != (n, h, w):
+    shape = tuple(image.shape) if isinstance(image, torch.Tensor) else ()
+    n, c, h, w = shape if len(shape) == 4 else (0, 0, 0, 0)
+
+    def wrong_shape():
         raise ValueError(
             f"saliency must have shape {(n, h, w)} to match the image, got {tuple(saliency.shape)}"
         )
-    if not torch.isfinite(saliency).all():
+
+    def not_finite():
         raise ValueError("saliency contains NaN or infinite values")
+
+    matches = tuple(saliency.shape) == (n, h, w)
+    saliency_checks = [(not matches, wrong_shape),
+                       (~torch.isfinite(saliency).all() if matches else False, not_finite)]
     with torch.no_grad():
+        # one read for every check (the image's, the saliency map's, the scores', the targets')
+        # before the first chunk; none per chunk, and one for the whole curve at the end
+        _, t = scores_and_targets(model, image, target, checks=saliency_checks)
+        image = image.detach()
         step = p.step_size(h * w)
         n_points = -(-(h * w) // step) + 1
         counts = torch.clamp(torch.arange(n_points, device=image.device) * step, max=h * w)
         ranks = pixel_ranks(saliency.to(image.device))
         substrate = _substrate(image, p.deletion if mode == "deletion" else p.insertion, p)
-        pairs = [(i, k) for i in range(n) for k in range(n_points)]
-        out = torch.empty(n, n_points, dtype=torch.float64)
-        for start in tqdm(range(0, len(pairs), chunk), desc=mode, disable=not progress, leave=False):
-            idx = torch.tensor(pairs[start : start + chunk], device=image.device)
-            img_i, k = idx[:, 0], idx[:, 1]
+        total = n * n_points  # (image, step) pairs, image-major
+        out = None
+        for start in tqdm(range(0, total, chunk), desc=mode, disable=not progress, leave=False):
+            pair = torch.arange(start, min(start + chunk, total), device=image.device)
+            img_i, k = pair // n_points, pair % n_points
             changed = (ranks[img_i] < counts[k].view(-1, 1, 1))[:, None]  # (B,1,H,W)
             if mode == "deletion":
                 batch = torch.where(changed, substrate[img_i], image[img_i])
@@ -179,8 +187,11 @@ def perturbation_curve(
                 batch = torch.where(changed, image[img_i], substrate[img_i])
             logits = module(batch.contiguous(memory_format=torch.channels_last))
             vals = logits.softmax(dim=1) if p.score == "probability" else logits
-            out[img_i.cpu(), k.cpu()] = vals.gather(1, t[img_i][:, None])[:, 0].double().cpu()
-    return out
+            picked = vals.gather(1, t[img_i][:, None])[:, 0]
+            if out is None:  # kept on the device until the curve is complete
+                out = torch.empty(n, n_points, dtype=picked.dtype, device=picked.device)
+            out[img_i, k] = picked
+    return out.cpu().double()
 
 
 def auc(curve: torch.Tensor | np.ndarray) -> torch.Tensor:

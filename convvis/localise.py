@@ -25,12 +25,18 @@ Output: one JSON line per photo (``{"image", "size", "truth", "predictions", "co
 be scored). A rerun skips the photos already in the file; at the end the file is rewritten sorted
 by photo name, so an interrupted and resumed run ends with the same file as one clean run. The
 graph cut's random draws use a fixed seed (``segment(seed=0)``), so results are deterministic.
+
+Past one machine: ``--shard K/N`` runs only the photos :func:`shard_of` puts in shard K of N (by
+a hash of the name, so the split does not depend on the machine or on the folder listing), into
+``OUT`` with ``.shard-K-of-N`` before its suffix; ``python -m convvis.localise summary FILES...``
+scores their union exactly as one run would (``--merged`` also writes the one run's file).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import sys
@@ -43,7 +49,8 @@ import torch
 
 from .ilsvrc import ILSVRCLocalisation, box_to_photo, imagenet_wnids, localisation_correct
 
-__all__ = ["evaluate", "summarise", "format_summary", "main", "PUBLISHED"]
+__all__ = ["evaluate", "summarise", "merge_results", "shard_of", "shard_path", "parse_shard",
+           "format_summary", "main", "PUBLISHED"]
 
 # Published weakly supervised top-5 localisation errors (%), each with its split and model.
 # Different data, splits and networks: context for the reader, not a like-for-like comparison.
@@ -158,6 +165,72 @@ def _single_threaded_children():
                 os.environ[k] = v
 
 
+# ---- shards: one run split over machines -------------------------------------------------------
+
+
+def shard_of(name: str, count: int) -> int:
+    """The shard (1 .. ``count``) a photo belongs to, from its name alone.
+
+    The first 8 bytes of the name's SHA-256, modulo ``count``, plus one: the same on every machine
+    and Python version (unlike ``hash``), and independent of which other photos exist, so shards
+    never overlap and their union is every photo, however the folders are listed.
+    """
+    if count < 1:
+        raise ValueError(f"the shard count must be at least 1, got {count}")
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big") % count + 1
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` -> ``(K, N)`` with 1 <= K <= N; anything else raises ``ValueError``."""
+    parts = str(text).split("/")
+    try:
+        k, n = (int(v) for v in parts)
+    except ValueError:
+        raise ValueError(f"a shard is K/N with integers 1 <= K <= N (e.g. 2/8), got {text!r}") from None
+    if not 1 <= k <= n:
+        raise ValueError(f"a shard is K/N with 1 <= K <= N, got {text!r}")
+    return k, n
+
+
+def shard_path(out: str | os.PathLike, shard: tuple[int, int]) -> Path:
+    """The results file of one shard: ``results.jsonl`` -> ``results.shard-02-of-16.jsonl``."""
+    out = Path(out)
+    k, n = shard
+    width = len(str(n))
+    return out.with_name(f"{out.stem}.shard-{k:0{width}d}-of-{n}{out.suffix}")
+
+
+def merge_results(paths: Sequence[str | os.PathLike], out: str | os.PathLike | None = None) -> list[str]:
+    """The union of results files as one run's sorted lines (each ends with a newline).
+
+    A photo in two files (shards run with different ``N``, or one file given twice) raises
+    ``ValueError`` naming it and both files. ``out``: also write the lines there (atomically), which
+    gives the file one run over all the photos would have written, byte for byte.
+    """
+    lines: dict[str, str] = {}
+    where: dict[str, Path] = {}
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise FileNotFoundError(f"no results file {path}")
+        seen = set()
+        for rec in _records(path):
+            name = rec["image"]
+            if name in where and name not in seen:
+                raise ValueError(f"{name} is in both {where[name]} and {path}: the shards overlap "
+                                 "(were they run with different N?)")
+            seen.add(name)
+            where[name] = path
+            lines.setdefault(name, json.dumps(rec, sort_keys=True) + "\n")
+    ordered = [lines[name] for name in sorted(lines)]
+    if out is not None:
+        out = Path(out)
+        tmp = out.with_name(out.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.writelines(ordered)
+        os.replace(tmp, out)
+    return ordered
+
+
 # ---- the evaluation -----------------------------------------------------------------------------
 
 
@@ -176,6 +249,7 @@ def evaluate(
     classes_only: bool = False,
     in_flight: int | None = None,
     segment_kwargs: dict | None = None,
+    shard: tuple[int, int] | None = None,
     progress: bool = True,
 ) -> dict:
     """Run the ILSVRC localisation evaluation; append rows to ``out``; return the summary.
@@ -188,7 +262,10 @@ def evaluate(
     0 decodes in this process). ``in_flight``: the most graph-cut tasks waiting at once (default
     ``2 * workers + batch_size``). ``classes_only``: skip saliency and graph cut (classification
     error only). ``segment_kwargs`` go to :func:`convvis.segment` (default: the
-    paper's settings). The summary counts photos in this data set (``limit`` included) only.
+    paper's settings). ``shard=(K, N)``: only the photos :func:`shard_of` puts in shard K of N
+    (after ``limit``); run all N, each into its own file, and :func:`merge_results` or
+    ``python -m convvis.localise summary`` gives what one run would. The summary counts photos in
+    this data set (``limit`` and ``shard`` included) only.
     A missing folder raises ``FileNotFoundError`` before anything runs.
     """
     from .images import deprocess
@@ -198,6 +275,8 @@ def evaluate(
 
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
+    if shard is not None:
+        shard = parse_shard(f"{shard[0]}/{shard[1]}")
     out = Path(out)
     dev = resolve_device(device)
     for what, d in (("image", images_dir), ("annotation", annotations_dir)):
@@ -214,7 +293,8 @@ def evaluate(
     in_flight = in_flight or 2 * workers + batch_size
     out.parent.mkdir(parents=True, exist_ok=True)
     done = _read_done(out)
-    todo = [i for i, n in enumerate(data.names) if n not in done]
+    mine = [i for i, n in enumerate(data.names) if shard is None or shard_of(n, shard[1]) == shard[0]]
+    todo = [i for i in mine if data.names[i] not in done]
     seg_kw = dict(segment_kwargs or {})
     s = net.preprocessing.input_size
 
@@ -285,21 +365,30 @@ def evaluate(
             pool.terminate()
             pool.join()
     _finalise(out)
-    return summarise(out, data.names, top_k=top_k)
+    return summarise(out, [data.names[i] for i in mine], top_k=top_k)
 
 
 def _ready(entry) -> bool:
     return isinstance(entry, dict) or entry.ready()
 
 
-def summarise(out: str | os.PathLike, names: Sequence[str] | None = None, top_k: int = 5) -> dict:
-    """Error rates (%) and error counts from a results file (only ``names``, when given)."""
+def summarise(out: str | os.PathLike | Sequence[str | os.PathLike], names: Sequence[str] | None = None,
+              top_k: int = 5) -> dict:
+    """Error rates (%) and error counts from a results file (only ``names``, when given).
+
+    ``out`` may also be a list of files, the shards of one run: they are merged first
+    (:func:`merge_results`), so the summary is the one a single run would give.
+    """
     keep = set(names) if names is not None else None
     n = 0
     hits: Counter = Counter()
     errors: Counter = Counter()
     has_loc = False
-    for rec in _records(Path(out)):
+    if isinstance(out, (str, os.PathLike)):
+        records = _records(Path(out))
+    else:
+        records = (json.loads(line) for line in merge_results(out))
+    for rec in records:
         if keep is not None and rec["image"] not in keep:
             continue
         if "error" in rec:
@@ -338,11 +427,38 @@ def format_summary(summary: dict, model: str = "") -> str:
     return "\n".join(lines)
 
 
+def _summary_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m convvis.localise summary",
+        description="Score the union of results files (the shards of one run) exactly as one run "
+                    "over all their photos would.")
+    p.add_argument("files", nargs="+", help="results files (e.g. results.shard-*-of-16.jsonl)")
+    p.add_argument("--merged", default=None,
+                   help="also write the union here, sorted: the file one run would have written")
+    p.add_argument("--model", default="", help="the model's name, for the printed table only")
+    a = p.parse_args(argv)
+    try:
+        lines = merge_results(a.files, a.merged)
+    except (FileNotFoundError, ValueError) as e:
+        p.error(str(e))
+    # top-k as the run used it: the number of predictions of a scored photo
+    ks = {len(json.loads(line)["predictions"]) for line in lines if '"predictions"' in line}
+    if len(ks) > 1:
+        p.error(f"the files mix runs with different top-k ({sorted(ks)})")
+    summary = summarise(a.files, top_k=ks.pop() if ks else 5)
+    print(format_summary(summary, a.model))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["summary"]:
+        return _summary_main(argv[1:])
     p = argparse.ArgumentParser(
         prog="python -m convvis.localise",
         description="The paper's weakly supervised localisation (saliency + graph cut) on "
-                    "ILSVRC-format data, scored by the ILSVRC rule in the original photos' pixels.")
+                    "ILSVRC-format data, scored by the ILSVRC rule in the original photos' pixels. "
+                    "`python -m convvis.localise summary FILES...` scores the shards of a split run.")
     p.add_argument("images_dir", help="folder of photos (ILSVRC2012_img_val)")
     p.add_argument("annotations_dir", help="folder of one XML per photo (ILSVRC2012_bbox_val/val)")
     p.add_argument("--out", required=True, help="results file (JSON lines; a rerun resumes it)")
@@ -356,21 +472,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=None, help="only the first N photos (sorted by name)")
     p.add_argument("--top-k", type=int, default=5, help="classes (and boxes) per photo")
     p.add_argument("--classes-only", action="store_true", help="classification error only, no boxes")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="only shard K of N (1 <= K <= N, split by photo name); results go to "
+                        "OUT's name with .shard-K-of-N before the suffix")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     for what, d in (("images", a.images_dir), ("annotations", a.annotations_dir)):
         if not Path(d).is_dir():
             p.error(f"the {what} folder {d} does not exist or is not a folder")
+    try:
+        shard = None if a.shard is None else parse_shard(a.shard)
+    except ValueError as e:
+        p.error(str(e))
+    out = a.out if shard is None else shard_path(a.out, shard)
     t0 = time.perf_counter()
     try:
-        summary = evaluate(a.images_dir, a.annotations_dir, a.out, model=a.model, device=a.device,
+        summary = evaluate(a.images_dir, a.annotations_dir, out, model=a.model, device=a.device,
                            batch_size=a.batch_size, workers=a.workers, loader_workers=a.loader_workers,
-                           limit=a.limit, top_k=a.top_k, classes_only=a.classes_only,
+                           limit=a.limit, top_k=a.top_k, classes_only=a.classes_only, shard=shard,
                            progress=not a.no_progress)
     except FileNotFoundError as e:
         p.error(str(e))
     print(format_summary(summary, a.model))
-    print(f"\nResults in {a.out} ({time.perf_counter() - t0:.1f} s)")
+    print(f"\nResults in {out} ({time.perf_counter() - t0:.1f} s)")
     return 0
 
 

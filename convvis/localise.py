@@ -15,8 +15,13 @@ so the box covers the whole photo and maps back by scaling.
 
 Pipeline: a ``DataLoader`` (``loader_workers`` processes decode JPEG + XML) feeds batches to the
 device, where the main process computes the top-k classes and the k saliency maps of every photo
-in one batched backward pass; a pool of ``workers`` processes (spawned, one thread each) runs the
-graph cuts, one task per photo, while the network works on the next batch. At most ``in_flight``
+in one batched backward pass, then (the batched path, the default) the dense part of every
+(photo, class) pair's graph cut together on the same device: seeds, colour models, unaries, and
+the pairwise weights once per photo (:mod:`convvis.segment_batch`); a pool of ``workers``
+processes (spawned, one thread each) runs what is left, the max-flow, largest component and box,
+one task per photo, while the network works on the next batch. ``--reference`` runs
+:func:`convvis.segment` whole in the pool instead (the one-photo reference; the batched path
+agrees with it as :mod:`convvis.segment_batch` states). At most ``in_flight``
 tasks wait at any time, and results are written in input order as they come, so memory stays
 bounded whatever the data set's size.
 
@@ -48,8 +53,9 @@ from pathlib import Path
 import torch
 
 from .ilsvrc import ILSVRCLocalisation, box_to_photo, imagenet_wnids, localisation_correct
+from .segment_batch import BATCHED_SETTINGS, prepare_cuts
 
-__all__ = ["evaluate", "summarise", "merge_results", "shard_of", "shard_path", "parse_shard",
+__all__ = ["evaluate", "localise_one", "summarise", "merge_results", "shard_of", "shard_path", "parse_shard",
            "format_summary", "main", "PUBLISHED"]
 
 # Published weakly supervised top-5 localisation errors (%), each with its split and model.
@@ -76,16 +82,32 @@ def _init_worker() -> None:
     torch.set_num_threads(1)  # one process per core; the graph cut is single-threaded anyway
 
 
-def _localise_one(task: dict) -> dict:
-    """Graph cut + box + score for one photo: the pool's task (all arrays are NumPy)."""
-    from .segmentation import segment
+def localise_one(task: dict) -> dict:
+    """Graph cut + box + score for one photo: the pool's task (all arrays are NumPy).
+
+    A task from the batched path carries ``"prepared"`` (:meth:`convvis.segment_batch.PreparedCuts.task`:
+    the pairwise weights, folded unaries and seeds of its k classes), and only the max-flow, the
+    largest component and the box are left; otherwise it carries the photo and its k maps and runs
+    :func:`convvis.segment`, the one-photo reference, for each class.
+    """
+    from .segment_batch import cut_prepared
+    from .segmentation import bounding_box, largest_component, segment
 
     h, w = task["size"]
     s = task["input_size"]
+    prepared = task.get("prepared")
     preds = []
     for k, cls in enumerate(task["classes"]):
         pred = {"class": int(cls), "wnid": task["class_wnids"][k], "box": None}
-        if task["maps"] is not None:
+        if prepared is not None:
+            if prepared["notes"][k] is not None:  # e.g. a constant map: no seeds, no box
+                pred["note"] = prepared["notes"][k]
+            else:
+                mask = cut_prepared(prepared["weights"], prepared["pay"][k], prepared["labels"][k])
+                box = bounding_box(largest_component(mask))
+                if box is not None:
+                    pred["box"] = box_to_photo(box, (h, w), s)
+        elif task["maps"] is not None:
             try:
                 seg = segment(task["photo"], task["maps"][k], **task["segment"])
                 if seg.box is not None:
@@ -98,7 +120,7 @@ def _localise_one(task: dict) -> dict:
     guesses = [(p["class"], p["box"]) for p in preds]
     correct = {"top1_cls": preds[0]["class"] in truth_classes,
                "topk_cls": any(p["class"] in truth_classes for p in preds)}
-    if task["maps"] is not None:
+    if task["maps"] is not None or prepared is not None:
         correct["top1_loc"] = localisation_correct(guesses[:1], objects)
         correct["topk_loc"] = localisation_correct(guesses, objects)
     return {"image": task["name"], "size": [h, w],
@@ -250,6 +272,7 @@ def evaluate(
     in_flight: int | None = None,
     segment_kwargs: dict | None = None,
     shard: tuple[int, int] | None = None,
+    batched: bool | None = None,
     progress: bool = True,
 ) -> dict:
     """Run the ILSVRC localisation evaluation; append rows to ``out``; return the summary.
@@ -264,7 +287,12 @@ def evaluate(
     error only). ``segment_kwargs`` go to :func:`convvis.segment` (default: the
     paper's settings). ``shard=(K, N)``: only the photos :func:`shard_of` puts in shard K of N
     (after ``limit``); run all N, each into its own file, and :func:`merge_results` or
-    ``python -m convvis.localise summary`` gives what one run would. The summary counts photos in
+    ``python -m convvis.localise summary`` gives what one run would. ``batched`` (default: True
+    when ``segment_kwargs`` are ones it supports): the dense work of every (photo, class) pair of a
+    network batch (seeds, colour models, unaries, pairwise weights once per photo) runs together
+    on the network's device (:func:`convvis.segment_batch.prepare_cuts`) and the pool processes run
+    only the max-flow, largest component and box; False runs :func:`convvis.segment`, the one-photo
+    reference, in the pool. The summary counts photos in
     this data set (``limit`` and ``shard`` included) only.
     A missing folder raises ``FileNotFoundError`` before anything runs.
     """
@@ -297,6 +325,15 @@ def evaluate(
     todo = [i for i in mine if data.names[i] not in done]
     seg_kw = dict(segment_kwargs or {})
     s = net.preprocessing.input_size
+    supported = (set(seg_kw) <= BATCHED_SETTINGS | {"hard_seeds", "smooth", "iterations"}
+                 and seg_kw.get("hard_seeds", "both") == "both" and not seg_kw.get("smooth", 0)
+                 and not seg_kw.get("iterations", 0))
+    if batched and not supported:
+        raise ValueError(f"the batched path supports segment()'s settings {sorted(BATCHED_SETTINGS)} "
+                         f"with hard_seeds='both', smooth=0, iterations=0; got {seg_kw}")
+    batched = supported if batched is None else batched
+    mean = torch.tensor(net.preprocessing.mean, device=dev).view(3, 1, 1)
+    std = torch.tensor(net.preprocessing.std, device=dev).view(3, 1, 1)
 
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(data, todo), batch_size=batch_size, num_workers=loader_workers,
@@ -328,7 +365,7 @@ def evaluate(
 
             for batch in loader:
                 ok = [it for it in batch if it["error"] is None]
-                classes = maps = photos = None
+                classes = maps = photos = prepared = None
                 if ok:
                     x = torch.stack([it["image"] for it in ok]).to(dev, non_blocking=True)
                     with torch.no_grad():
@@ -337,8 +374,13 @@ def evaluate(
                     if not classes_only:
                         # k maps per photo in one backward pass: photo j repeated for its k classes
                         m = saliency_map(net, x.repeat_interleave(top_k, 0), classes.reshape(-1))
-                        maps = m.reshape(len(ok), top_k, s, s).float().cpu().numpy()
-                        photos = deprocess(x, net)
+                        if batched:
+                            # deprocess's arithmetic, on the device (float32, then clipped)
+                            ph = (x.detach().float() * std + mean).clamp(0.0, 1.0).movedim(1, -1)
+                            prepared = prepare_cuts(ph, m.reshape(len(ok), top_k, s, s).float(), **seg_kw)
+                        else:
+                            maps = m.reshape(len(ok), top_k, s, s).float().cpu().numpy()
+                            photos = deprocess(x, net)
                     classes = classes.cpu().tolist()
                 j = 0
                 for it in batch:
@@ -351,12 +393,13 @@ def evaluate(
                             "objects": it["objects"],
                             "truth_wnids": it["wnids"], "segment": seg_kw,
                             "maps": None if maps is None else maps[j],
-                            "photo": None if photos is None else photos[j]}
+                            "photo": None if photos is None else photos[j],
+                            "prepared": None if prepared is None else prepared.task(j)}
                     j += 1
                     if pool is None:
-                        pending.append(_localise_one(task))
+                        pending.append(localise_one(task))
                     else:
-                        pending.append(pool.apply_async(_localise_one, (task,)))
+                        pending.append(pool.apply_async(localise_one, (task,)))
                 drain(in_flight)
             drain(0)
     finally:
@@ -475,6 +518,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--shard", default=None, metavar="K/N",
                    help="only shard K of N (1 <= K <= N, split by photo name); results go to "
                         "OUT's name with .shard-K-of-N before the suffix")
+    p.add_argument("--reference", action="store_true",
+                   help="run convvis.segment (the one-photo reference) in the pool instead of the "
+                        "batched path")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     for what, d in (("images", a.images_dir), ("annotations", a.annotations_dir)):
@@ -490,7 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = evaluate(a.images_dir, a.annotations_dir, out, model=a.model, device=a.device,
                            batch_size=a.batch_size, workers=a.workers, loader_workers=a.loader_workers,
                            limit=a.limit, top_k=a.top_k, classes_only=a.classes_only, shard=shard,
-                           progress=not a.no_progress)
+                           batched=not a.reference, progress=not a.no_progress)
     except FileNotFoundError as e:
         p.error(str(e))
     print(format_summary(summary, a.model))

@@ -168,7 +168,8 @@ def test_a_wrong_directory_fails_at_once(tmp_path, capsys):
     assert not (tmp_path / "r.jsonl").exists()
 
 
-def test_an_interrupted_run_resumes_to_the_clean_result(tmp_path, net):
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "reference"])
+def test_an_interrupted_run_resumes_to_the_clean_result(tmp_path, net, batched):
     img, xml = write_scenes(tmp_path, net)
     for name in ("ILSVRC2012_val_00000003", "ILSVRC2012_val_00000004"):  # two flipped copies
         flipped = scene(*SCENES[0])[:, ::-1]
@@ -179,20 +180,20 @@ def test_an_interrupted_run_resumes_to_the_clean_result(tmp_path, net):
     (xml / "ILSVRC2012_val_00000005.xml").write_text("broken")  # an error record resumes too
     clean = tmp_path / "clean.jsonl"
     s_clean = evaluate(img, xml, clean, model=net, workers=0, loader_workers=0, batch_size=2,
-                       progress=False)
+                       progress=False, batched=batched)
     part = tmp_path / "part.jsonl"
-    evaluate(img, xml, part, model=net, workers=0, loader_workers=0, limit=2, progress=False)
+    evaluate(img, xml, part, model=net, workers=0, loader_workers=0, limit=2, progress=False, batched=batched)
     assert _read_done(part) == {"ILSVRC2012_val_00000001", "ILSVRC2012_val_00000002"}
     with open(part, "a") as fh:  # killed in the middle of writing a line
         fh.write('{"image": "ILSVRC2012_val_00000003", "pred')
     # the rest in the process pool, with a loader process: the same file as one clean run
     s_resumed = evaluate(img, xml, part, model=net, workers=2, loader_workers=1, batch_size=2,
-                         progress=False)
+                         progress=False, batched=batched)
     assert part.read_bytes() == clean.read_bytes()
     assert s_resumed == s_clean and s_clean["scored"] == 4
     # a finished file is not recomputed
     before = part.read_bytes()
-    evaluate(img, xml, part, model=net, workers=0, loader_workers=0, progress=False)
+    evaluate(img, xml, part, model=net, workers=0, loader_workers=0, progress=False, batched=batched)
     assert part.read_bytes() == before
 
 

@@ -282,6 +282,16 @@ def memory_run(net, img, xml, tmp, n, workers, batch_size, top_k) -> dict:
                 min(r[2] for r in series.rows), max(r[2] for r in series.rows)) if series.rows else None}
 
 
+def _cpu_name():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _gib(b):
     return b / 2**30
 
@@ -303,6 +313,7 @@ def main(argv=None) -> int:
                         "RSS every second; report the peak per 50-photo window after the first 100")
     p.add_argument("--skip-stages", action="store_true", help="only --agreement / --memory-run")
     p.add_argument("--device", default=None)
+    p.add_argument("--commit", default=None, help="the commit measured (default: git's HEAD here)")
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
     logical = psutil.cpu_count(logical=True) or os.cpu_count() or 1
@@ -310,10 +321,10 @@ def main(argv=None) -> int:
     workers = a.workers or list(range(1, logical + 1))
     device = convvis.setup(seed=0, device=a.device)
     net = convvis.load_model(device=device)
-    commit = os.popen("git rev-parse --short HEAD 2>/dev/null").read().strip() or None
+    commit = a.commit or os.popen(f"git -C {ROOT} rev-parse --short HEAD 2>/dev/null").read().strip() or None
     report = {"date": dt.datetime.now().isoformat(timespec="seconds"), "device": str(device),
               "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                              else platform.processor()),
+                              else _cpu_name()),
               "cpu_count": logical, "physical_cores": physical, "platform": platform.platform(),
               "python": sys.version.split()[0], "torch": torch.__version__, "commit": commit,
               "images": a.images, "batch_size": a.batch_size, "top_k": a.top_k, "model": net.name}

@@ -53,7 +53,8 @@ from pathlib import Path
 import torch
 
 from .ilsvrc import ILSVRCLocalisation, box_to_photo, imagenet_wnids, localisation_correct
-from .segment_batch import BATCHED_SETTINGS, prepare_cuts
+from .segment_batch import BATCHED_SETTINGS, cut_prepared, prepare_cuts
+from .segmentation import bounding_box, largest_component, segment
 
 __all__ = ["evaluate", "localise_one", "summarise", "merge_results", "shard_of", "shard_path", "parse_shard",
            "format_summary", "main", "PUBLISHED"]
@@ -90,9 +91,6 @@ def localise_one(task: dict) -> dict:
     largest component and the box are left; otherwise it carries the photo and its k maps and runs
     :func:`convvis.segment`, the one-photo reference, for each class.
     """
-    from .segment_batch import cut_prepared
-    from .segmentation import bounding_box, largest_component, segment
-
     h, w = task["size"]
     s = task["input_size"]
     prepared = task.get("prepared")

@@ -219,26 +219,36 @@ def cut_prepared(weights: np.ndarray, pay: np.ndarray, labels: np.ndarray) -> np
     """The max-flow of one prepared pair: (H,W) bool foreground, as :func:`convvis.graph_cut`.
 
     ``weights`` (4,H,W) the photo's pairwise weights, ``pay`` (2,H,W) the pair's folded unaries,
-    ``labels`` (H,W) its seeds (see :class:`PreparedCuts`). The only per-pair work besides the
-    solve: dropping the edges that touch a seed (a product with the free pixels' mask per
-    direction) and handing the arrays to PyMaxflow.
+    ``labels`` (H,W) its seeds (see :class:`PreparedCuts`). The graph has a node for each free
+    pixel only (the seeds' labels are known and their edges are already unary terms), and its
+    edges, the neighbour pairs of free pixels, go in with one ``add_edges`` call: less to build and
+    a smaller graph to search than the full grid with isolated seed nodes that
+    :func:`convvis.graph_cut` builds, for the same minimum.
     """
     import maxflow
 
     h, w = labels.shape
     free = labels == 0
-    g = maxflow.Graph[float]()
-    nodes = g.add_grid_nodes((h, w))
-    for ((dy, dx), a, b), wt in zip(neighbour_pairs(h, w), weights):
-        kept = np.zeros((h, w))
-        np.multiply(wt[a], free[a] & free[b], out=kept[a])
-        structure = np.zeros((3, 3))
-        structure[1 + dy, 1 + dx] = 1
-        g.add_grid_edges(nodes, weights=kept, structure=structure, symmetric=True)
-    g.add_grid_tedges(nodes, pay[0], pay[1])
+    n = int(free.sum())
+    out = labels == 1
+    if n == 0:
+        return out
+    ids = np.full((h, w), -1, np.int64)
+    ids[free] = np.arange(n)
+    src, dst, cap = [], [], []
+    for (_, a, b), wt in zip(neighbour_pairs(h, w), weights):
+        both = free[a] & free[b]
+        src.append(ids[a][both])
+        dst.append(ids[b][both])
+        cap.append(wt[a][both])
+    cap = np.concatenate(cap).astype(np.float64)
+    g = maxflow.Graph[float](n, len(cap))
+    nodes = g.add_nodes(n)
+    g.add_edges(np.concatenate(src), np.concatenate(dst), cap, cap)
+    # a node on the sink side (segment True, foreground) pays its source capacity: pay[0]
+    g.add_grid_tedges(nodes, pay[0][free].astype(np.float64), pay[1][free].astype(np.float64))
     g.maxflow()
-    out = g.get_grid_segments(nodes)
-    out[~free] = labels[~free] == 1
+    out[free] = g.get_grid_segments(nodes)
     return out
 
 

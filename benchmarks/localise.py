@@ -51,10 +51,10 @@ import psutil
 import torch
 
 import convvis
+from convvis.batched_segmentation import cut_prepared, prepare_cuts
 from convvis.ilsvrc import ILSVRCLocalisation, imagenet_wnids, write_sample_fixture
 from convvis.localise import evaluate, localise_one
 from convvis.saliency import saliency_map
-from convvis.segment_batch import cut_prepared, prepare_cuts
 from convvis.segmentation import bounding_box, box_iou, largest_component, segment
 
 ROOT = Path(__file__).resolve().parent

@@ -22,6 +22,7 @@ Importing this package changes no global state (no seeding, no device choice, no
 """
 
 from .baselines import centre_box, grabcut_mask, threshold_box
+from .batched_segmentation import PreparedCuts, cut_prepared, prepare_cuts, segment_batch
 from .class_model import (
     L2,
     LEGIBILITY_JUDGES,
@@ -127,7 +128,6 @@ from .saliency import (
     saliency_map,
     smoothgrad,
 )
-from .segment_batch import PreparedCuts, cut_prepared, prepare_cuts, segment_batch
 from .segmentation import (
     Segmentation,
     bounding_box,

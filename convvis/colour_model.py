@@ -249,19 +249,12 @@ def fit_colour_models(
 ) -> dict:
     """:func:`fit_colour_model` on B colour sets of equal size at once: (B,P,3) tensor -> dict.
 
-    ``engine``: ``"torch"`` (batched EM on the colours' device), ``"numpy"`` (:func:`fit_colour_model`
-    on each set in turn, the reference itself) or ``"auto"`` (default): torch on a GPU, NumPy on the
-    CPU, where the batched EM was slower (160 sets of 2509 colours on this project's 2-core CPU:
-    about 1.7-2.0 s batched against 0.6 s one by one; small reductions over 5 components cost torch
-    more per element than the one-set NumPy code).
-
-    The same procedure as the one-set fit, step for step: the same random subsample of at most
-    ``max_samples`` colours (it depends only on P and ``seed``, so it is drawn once), the same
-    k-means++ centres from the same random stream (drawn per set in NumPy, on the CPU: a few
-    microseconds each), the same first M-step, then EM in torch on the colours' device and dtype,
-    each set stopping on its own when its mean log-likelihood gains less than ``tol``. Only the
-    order of floating-point sums differs, so the fits agree with the one-set fit to rounding (the
-    tests hold the log-likelihood histories within 1e-9 per colour in float64).
+    ``engine``: ``"torch"`` (batched EM on the colours' device; the default, ``"auto"``) or
+    ``"numpy"`` (:func:`fit_colour_model` on each set in turn, the reference itself). With one
+    torch thread the batched EM took 0.13-0.15 s for 80 sets of 2509 colours on this project's
+    2-core CPU, the NumPy loop 0.27-0.34 s; with two threads on the same busy machine the batched
+    EM took 0.8-1.6 s (its arrays are small: threads cost more than they bring), so
+    :func:`convvis.prepare_cuts` runs it with one thread on a CPU.
 
     Returns ``weights`` (B,K), ``means`` (B,K,3), ``covariances`` (B,K,3,3) (tensors on the
     colours' device) and ``history`` (B, max_iter) NumPy float64, the mean log-likelihood after each
@@ -276,7 +269,7 @@ def fit_colour_models(
         raise ValueError("colours contain NaN or infinite values")
     if engine not in ("auto", "torch", "numpy"):
         raise ValueError(f"engine must be 'auto', 'torch' or 'numpy', not {engine!r}")
-    if engine == "numpy" or (engine == "auto" and colours.device.type == "cpu"):
+    if engine == "numpy":
         fits = [fit_colour_model(c, components, max_samples=max_samples, max_iter=max_iter, tol=tol,
                                  reg=reg, seed=seed) for c in colours.detach().cpu().numpy()]
         history = np.full((b, max_iter), np.nan)

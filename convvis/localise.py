@@ -17,11 +17,11 @@ Pipeline: a ``DataLoader`` (``loader_workers`` processes decode JPEG + XML) feed
 device, where the main process computes the top-k classes and the k saliency maps of every photo
 in one batched backward pass, then (the batched path, the default) the dense part of every
 (photo, class) pair's graph cut together on the same device: seeds, colour models, unaries, and
-the pairwise weights once per photo (:mod:`convvis.segment_batch`); a pool of ``workers``
+the pairwise weights once per photo (:mod:`convvis.batched_segmentation`); a pool of ``workers``
 processes (spawned, one thread each) runs what is left, the max-flow, largest component and box,
 one task per photo, while the network works on the next batch. ``--reference`` runs
 :func:`convvis.segment` whole in the pool instead (the one-photo reference; the batched path
-agrees with it as :mod:`convvis.segment_batch` states). At most ``in_flight``
+agrees with it as :mod:`convvis.batched_segmentation` states). At most ``in_flight``
 tasks wait at any time, and results are written in input order as they come, so memory stays
 bounded whatever the data set's size.
 
@@ -52,8 +52,8 @@ from pathlib import Path
 
 import torch
 
+from .batched_segmentation import BATCHED_SETTINGS, cut_prepared, prepare_cuts
 from .ilsvrc import ILSVRCLocalisation, box_to_photo, imagenet_wnids, localisation_correct
-from .segment_batch import BATCHED_SETTINGS, cut_prepared, prepare_cuts
 from .segmentation import bounding_box, largest_component, segment
 
 __all__ = ["evaluate", "localise_one", "summarise", "merge_results", "shard_of", "shard_path", "parse_shard",
@@ -86,7 +86,7 @@ def _init_worker() -> None:
 def localise_one(task: dict) -> dict:
     """Graph cut + box + score for one photo: the pool's task (all arrays are NumPy).
 
-    A task from the batched path carries ``"prepared"`` (:meth:`convvis.segment_batch.PreparedCuts.task`:
+    A task from the batched path carries ``"prepared"`` (:meth:`convvis.PreparedCuts.task`:
     the pairwise weights, folded unaries and seeds of its k classes), and only the max-flow, the
     largest component and the box are left; otherwise it carries the photo and its k maps and runs
     :func:`convvis.segment`, the one-photo reference, for each class.
@@ -288,7 +288,7 @@ def evaluate(
     ``python -m convvis.localise summary`` gives what one run would. ``batched`` (default: True
     when ``segment_kwargs`` are ones it supports): the dense work of every (photo, class) pair of a
     network batch (seeds, colour models, unaries, pairwise weights once per photo) runs together
-    on the network's device (:func:`convvis.segment_batch.prepare_cuts`) and the pool processes run
+    on the network's device (:func:`convvis.batched_segmentation.prepare_cuts`) and the pool processes run
     only the max-flow, largest component and box; False runs :func:`convvis.segment`, the one-photo
     reference, in the pool. The summary counts photos in
     this data set (``limit`` and ``shard`` included) only.

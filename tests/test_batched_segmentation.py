@@ -1,4 +1,4 @@
-"""The batched graph cuts (convvis.segment_batch) against segment(), the one-photo reference.
+"""The batched graph cuts (convvis.batched_segmentation) against segment(), the one-photo reference.
 
 A sample: 3 of the book's photos, each with its top-3 saliency maps, and one constant map. Both
 engines are checked on the CPU: "auto" (the reference's NumPy steps where they are faster on a CPU)
@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import convvis
+from convvis.batched_segmentation import prepare_cuts, segment_batch
 from convvis.colour_model import fit_colour_model
-from convvis.segment_batch import prepare_cuts, segment_batch
 from convvis.segmentation import seeds_from_saliency, segment
 
 K = 3

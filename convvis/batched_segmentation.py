@@ -94,7 +94,7 @@ def _seeds(maps: torch.Tensor, fg_quantile: float, bg_quantile: float, engine: s
     b, n = maps.shape
     if not 0 <= bg_quantile < fg_quantile <= 1:
         raise ValueError(f"need 0 <= bg_quantile < fg_quantile <= 1, got {bg_quantile}, {fg_quantile}")
-    if engine == "numpy" or (engine == "auto" and maps.device.type == "cpu"):
+    if engine in ("numpy", "cpu"):
         # on a CPU the reference's O(n) partition per map beats a batched full sort (about 7x here)
         fg = np.zeros((b, n), bool)
         bg = np.zeros((b, n), bool)
@@ -131,7 +131,7 @@ def _seeds(maps: torch.Tensor, fg_quantile: float, bg_quantile: float, engine: s
 def _pairwise(photos: torch.Tensor, gamma: float, engine: str) -> torch.Tensor:
     """(n,H,W,3) -> (n,4,H,W) weights, as :func:`convvis.pairwise_weights` per photo."""
     n, h, w, _ = photos.shape
-    if engine == "numpy" or (engine == "auto" and photos.device.type == "cpu"):
+    if engine in ("numpy", "cpu"):
         # the reference itself: faster than torch's strided slices on a CPU
         return torch.as_tensor(np.stack([np.stack(pairwise_weights(p, gamma)[0]) for p in photos.numpy()]))
     diffs, places = [], []
@@ -148,7 +148,6 @@ def _pairwise(photos: torch.Tensor, gamma: float, engine: str) -> torch.Tensor:
     return out
 
 
-@torch.no_grad()
 def prepare_cuts(
     photos: torch.Tensor,
     maps: torch.Tensor,
@@ -170,9 +169,29 @@ def prepare_cuts(
     :func:`convvis.segment`'s, with the same defaults (``hard_seeds``, ``smooth`` and
     ``iterations`` only at their defaults). ``engine``: ``"torch"`` runs every step in torch (the
     GPU code, also on a CPU), ``"numpy"`` the seeds, colour models and pairwise weights with the
-    reference's own NumPy functions, ``"auto"`` (default) torch on a GPU and NumPy on a CPU, where
-    those reference functions were faster (the unaries and the folding are torch in both).
+    reference's own NumPy functions, ``"auto"`` (default) torch on a GPU; on a CPU the seeds and
+    pairwise weights by the reference's NumPy functions (a partition per map beat a batched full
+    sort about 6x there) and the rest in torch, with one intra-op thread for the call (restored
+    after): with the pool's processes busy, a second thread made the small batched EM 5-10x
+    slower on this project's 2-core CPU.
     """
+    if engine not in ("auto", "torch", "numpy"):
+        raise ValueError(f"engine must be 'auto', 'torch' or 'numpy', not {engine!r}")
+    if engine == "auto" and maps.device.type == "cpu":
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return _prepare(photos, maps, fg_quantile, bg_quantile, components, gamma, max_samples,
+                            max_iter, seed, "cpu", fixed)
+        finally:
+            torch.set_num_threads(threads)
+    return _prepare(photos, maps, fg_quantile, bg_quantile, components, gamma, max_samples, max_iter,
+                    seed, engine, fixed)
+
+
+@torch.no_grad()
+def _prepare(photos, maps, fg_quantile, bg_quantile, components, gamma, max_samples, max_iter, seed,
+             engine, fixed) -> PreparedCuts:
     _check_settings(fixed)
     if photos.ndim != 4 or photos.shape[-1] != 3:
         raise ValueError(f"expected (n,H,W,3) photos, got {tuple(photos.shape)}")
@@ -191,7 +210,8 @@ def prepare_cuts(
         # each row has exactly `count` seeds, listed in pixel order as photo[mask] lists them
         idx = torch.nonzero(mask)[:, 1].reshape(n * k, count)
         models = fit_colour_models(x[owner[:, None], idx], components, max_samples=max_samples,
-                                   max_iter=max_iter, seed=seed, engine=engine)
+                                   max_iter=max_iter, seed=seed,
+                                   engine="numpy" if engine == "numpy" else "torch")
         coefs.append(log_density_coefficients(models["weights"].to(x), models["means"].to(x),
                                               models["covariances"].to(x)))  # (n*k,10,K)
         history.append(models["history"])

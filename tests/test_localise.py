@@ -242,3 +242,6 @@ def test_three_shards_give_one_runs_file_and_summary_byte_for_byte(tmp_path, net
         with pytest.raises(ValueError, match="K/N"):
             parse_shard(bad)
     assert parse_shard("3/3") == (3, 3)
+    # the split is pinned: a change would move photos between the shards of a half-finished run
+    assert [shard_of(f"ILSVRC2012_val_{k:08d}", 3) for k in range(1, 8)] == [3, 3, 2, 1, 1, 2, 3]
+    assert shard_of("x", 1) == 1

@@ -43,6 +43,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import multiprocessing as mp
 import os
 import sys
 import time
@@ -51,9 +52,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from .batched_segmentation import BATCHED_SETTINGS, cut_prepared, prepare_cuts
-from .ilsvrc import ILSVRCLocalisation, box_to_photo, imagenet_wnids, localisation_correct
+from .ilsvrc import ILSVRCLocalisation, imagenet_wnids, localisation_correct
+from .images import box_to_photo, deprocess
+from .loaded_model import LoadedModel
+from .models import load_model
+from .runtime import resolve_device
+from .saliency import saliency_map
 from .segmentation import bounding_box, largest_component, segment
 
 __all__ = ["evaluate", "localise_one", "summarise", "merge_results", "shard_of", "shard_path", "parse_shard",
@@ -294,11 +301,6 @@ def evaluate(
     this data set (``limit`` and ``shard`` included) only.
     A missing folder raises ``FileNotFoundError`` before anything runs.
     """
-    from .images import deprocess
-    from .models import LoadedModel, load_model
-    from .runtime import resolve_device
-    from .saliency import saliency_map
-
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     if shard is not None:
@@ -340,12 +342,8 @@ def evaluate(
         prefetch_factor=2 if loader_workers else None)
     pool = None
     if workers > 0 and not classes_only:
-        import multiprocessing as mp
-
         with _single_threaded_children():
             pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker)
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=len(todo), unit="img", desc="localise", disable=not progress, smoothing=0.1)
     pending: deque = deque()  # (ready record | AsyncResult), in input order
     try:

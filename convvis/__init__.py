@@ -22,6 +22,7 @@ Importing this package changes no global state (no seeding, no device choice, no
 """
 
 from .baselines import centre_box, grabcut_mask, threshold_box
+from .batched_segmentation import PreparedCuts, cut_prepared, prepare_cuts, segment_batch
 from .class_model import (
     L2,
     LEGIBILITY_JUDGES,
@@ -50,7 +51,7 @@ from .class_model import (
     paper_preset,
     visualise,
 )
-from .colour_model import ColourModel, fit_colour_model, unaries
+from .colour_model import ColourModel, fit_colour_model, fit_colour_models, unaries
 from .common import Target, capture_output, frozen_parameters, resolve_targets
 from .deconvnet import (
     RULES,
@@ -137,6 +138,7 @@ from .segmentation import (
     localise_images,
     neighbour_pairs,
     pairwise_weights,
+    seed_counts,
     seeds_from_saliency,
     segment,
 )
@@ -175,7 +177,8 @@ __all__ = [
     "segment", "localise_images", "Segmentation", "seeds_from_saliency", "ColourModel",
     "fit_colour_model", "unaries", "pairwise_weights", "neighbour_pairs", "graph_cut",
     "graph_cut_energy", "largest_component", "bounding_box", "box_iou", "threshold_box", "centre_box",
-    "grabcut_mask",
+    "grabcut_mask", "seed_counts", "fit_colour_models", "segment_batch", "prepare_cuts", "PreparedCuts",
+    "cut_prepared",
     # the ILSVRC format and the localisation command's fixtures (chapter 4; python -m convvis.localise)
     "localisation_correct", "read_ilsvrc_boxes", "ILSVRCLocalisation", "imagenet_wnids", "photo_to_input",
     "box_to_photo", "write_annotation", "write_sample_fixture",

@@ -12,10 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from .common import check_photo
 
-__all__ = ["ColourModel", "fit_colour_model", "unaries"]
+__all__ = ["ColourModel", "fit_colour_model", "unaries", "fit_colour_models", "log_density_coefficients",
+           "mixture_costs"]
 
 
 @dataclass
@@ -183,3 +185,150 @@ def fit_colour_model(
         if len(history) > 1 and history[-1] - history[-2] < tol:
             break
     return ColourModel(weights, means, cov, tuple(history))
+
+
+# ---- the same EM for many colour sets at once, in torch (the batched localisation path) ---------
+
+
+def _t_quadratic_features(x):
+    """:func:`_quadratic_features` for (..., 3) tensors: (..., 10), in the same column order."""
+    return torch.cat([x * x, (x[..., 0] * x[..., 1])[..., None], (x[..., 0] * x[..., 2])[..., None],
+                      (x[..., 1] * x[..., 2])[..., None], x, torch.ones_like(x[..., :1])], -1)
+
+
+def log_density_coefficients(weights, means, covariances):
+    """(B,10,K) coefficients: log(w_k N(x | mu_k, Sigma_k)) = quadratic features of x @ these.
+
+    The batched twin of the one-model expansion :func:`fit_colour_model` uses: ``weights`` (B,K),
+    ``means`` (B,K,3), ``covariances`` (B,K,3,3) tensors; the features of a colour x in [0, 1]^3 are
+    x0^2, x1^2, x2^2, x0x1, x0x2, x1x2, x0, x1, x2, 1. A component of weight 0 gets log 0 = -inf.
+    """
+    chol = torch.linalg.cholesky(covariances)
+    eye = torch.eye(3, dtype=chol.dtype, device=chol.device).expand_as(chol)
+    inv = torch.linalg.solve_triangular(chol, eye, upper=False)  # L^-1
+    prec = inv.transpose(-1, -2) @ inv
+    p_mu = (prec @ means[..., None])[..., 0]
+    log_det = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+    coef = torch.cat([
+        -0.5 * torch.diagonal(prec, dim1=-2, dim2=-1),
+        -prec[..., 0, 1, None], -prec[..., 0, 2, None], -prec[..., 1, 2, None],
+        p_mu,
+        (torch.log(weights) - 0.5 * ((p_mu * means).sum(-1) + log_det + 3 * _LOG_2PI))[..., None],
+    ], -1)  # (B,K,10)
+    return coef.transpose(-1, -2)
+
+
+def _t_logsumexp(a):
+    m = a.amax(-1, keepdim=True)  # torch.logsumexp is slow on a short last axis on the CPU
+    return m[..., 0] + (a - m).exp().sum(-1).log()
+
+
+def _t_m_step(x, quad, resp, reg):
+    """Batched :func:`_m_step`; ``quad`` (B,m,6) the colours' products x0^2, x1^2, x2^2, x0x1, x0x2, x1x2."""
+    nk = resp.sum(1) + 10 * torch.finfo(x.dtype).eps  # (B,K)
+    rt = resp.transpose(1, 2)
+    means = rt @ x / nk[..., None]
+    s = rt @ quad / nk[..., None]  # E_k[x_i x_j], the 6 distinct ones
+    second = torch.stack([s[..., 0], s[..., 3], s[..., 4], s[..., 3], s[..., 1], s[..., 5],
+                          s[..., 4], s[..., 5], s[..., 2]], -1).unflatten(-1, (3, 3))
+    cov = second - means[..., :, None] * means[..., None, :]
+    cov = cov + reg * torch.eye(3, dtype=x.dtype, device=x.device)
+    return nk / nk.sum(-1, keepdim=True), means, cov
+
+
+def fit_colour_models(
+    colours,
+    components: int = 5,
+    *,
+    max_samples: int | None = 1000,
+    max_iter: int = 10,
+    tol: float = 1e-3,
+    reg: float = 1e-4,
+    seed: int = 0,
+    engine: str = "auto",
+) -> dict:
+    """:func:`fit_colour_model` on B colour sets of equal size at once: (B,P,3) tensor -> dict.
+
+    ``engine``: ``"torch"`` (batched EM on the colours' device; the default, ``"auto"``) or
+    ``"numpy"`` (:func:`fit_colour_model` on each set in turn, the reference itself). With one
+    torch thread the batched EM took 0.13-0.15 s for 80 sets of 2509 colours on this project's
+    2-core CPU, the NumPy loop 0.27-0.34 s; with two threads on the same busy machine the batched
+    EM took 0.8-1.6 s (its arrays are small: threads cost more than they bring), so
+    :func:`convvis.prepare_cuts` runs it with one thread on a CPU.
+
+    Returns ``weights`` (B,K), ``means`` (B,K,3), ``covariances`` (B,K,3,3) (tensors on the
+    colours' device) and ``history`` (B, max_iter) NumPy float64, the mean log-likelihood after each
+    EM iteration, NaN after a set has stopped.
+    """
+    if colours.ndim != 3 or colours.shape[-1] != 3:
+        raise ValueError(f"expected (B,P,3) colours, got {tuple(colours.shape)}")
+    b, n, _ = colours.shape
+    if n < 2:
+        raise ValueError(f"only {n} seed pixel(s): too few to fit a colour model")
+    if not bool(torch.isfinite(colours).all()):
+        raise ValueError("colours contain NaN or infinite values")
+    if engine not in ("auto", "torch", "numpy"):
+        raise ValueError(f"engine must be 'auto', 'torch' or 'numpy', not {engine!r}")
+    if engine == "numpy":
+        fits = [fit_colour_model(c, components, max_samples=max_samples, max_iter=max_iter, tol=tol,
+                                 reg=reg, seed=seed) for c in colours.detach().cpu().numpy()]
+        history = np.full((b, max_iter), np.nan)
+        for i, f in enumerate(fits):
+            history[i, : len(f.history)] = f.history
+
+        def stack(key):
+            return torch.as_tensor(np.stack([getattr(f, key) for f in fits]), device=colours.device)
+
+        return {"weights": stack("weights"), "means": stack("means"), "covariances": stack("covariances"),
+                "history": history}
+    k = min(components, n // 2)
+    rng = np.random.default_rng(seed)
+    x = colours
+    if max_samples is not None and n > max_samples:
+        x = colours[:, torch.as_tensor(rng.choice(n, max_samples, replace=False), device=colours.device)]
+    state = rng.bit_generator.state  # where every set's k-means++ draws start
+    x_np = x.detach().cpu().numpy().astype(np.float64)
+    nearest = np.empty(x_np.shape[:2], np.int64)
+    for i in range(b):
+        g = np.random.default_rng()
+        g.bit_generator.state = state
+        centres = _kmeans_pp(x_np[i], k, g)
+        nearest[i] = ((x_np[i][:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
+    resp = torch.nn.functional.one_hot(torch.as_tensor(nearest, device=x.device), k).to(x.dtype)
+    feats = _t_quadratic_features(x)  # (B,m,10)
+    weights, means, cov = _t_m_step(x, feats[..., :6], resp, reg)
+    history = torch.full((b, max_iter), float("nan"), dtype=torch.float64, device=x.device)
+    active = torch.ones(b, dtype=torch.bool, device=x.device)
+    for it in range(max_iter):
+        log_p = feats @ log_density_coefficients(weights, means, cov)  # E-step, (B,m,K)
+        log_total = _t_logsumexp(log_p)
+        ll = log_total.mean(1).to(torch.float64)
+        history[:, it] = torch.where(active, ll, history[:, it])
+        new = _t_m_step(x, feats[..., :6], torch.exp(log_p - log_total[..., None]), reg)  # M-step
+        a = active[:, None]
+        weights = torch.where(a, new[0], weights)
+        means = torch.where(a[..., None], new[1], means)
+        cov = torch.where(a[..., None, None], new[2], cov)
+        if it > 0:
+            active = active & ~(history[:, it] - history[:, it - 1] < tol)
+        if it + 1 < max_iter and not bool(active.any()):
+            break
+    return {"weights": weights, "means": means, "covariances": cov, "history": history.cpu().numpy()}
+
+
+def mixture_costs(colours, coefficients):
+    """-log p(colour) under M mixtures per image: (n,P,3) colours, (n,M,10,K) -> (n,M,P) tensor.
+
+    ``coefficients`` from :func:`log_density_coefficients` (shape (B,10,K), B = n * M, reshaped);
+    the batched form of :func:`unaries`: one (M*K, 10) x (10, P) product per image, laid out with
+    the pixels last so the sums over the K components run along whole rows (on a CPU, torch's
+    reductions over a short last axis cost several times more).
+    """
+    n, m, ten, k = coefficients.shape
+    coef = coefficients.permute(0, 1, 3, 2).reshape(n, m * k, ten)
+    out = []
+    for i in range(n):  # one image at a time: (M*K, P) stays small on a CPU
+        lp = (coef[i] @ _t_quadratic_features(colours[i]).T).reshape(m, k, -1)
+        top = lp.amax(1)
+        out.append(-(top + (lp - top[:, None]).exp().sum(1).log()))
+    return torch.stack(out)

@@ -44,6 +44,7 @@ from .saliency import saliency_map
 
 __all__ = [
     "seeds_from_saliency",
+    "seed_counts",
     "neighbour_pairs",
     "pairwise_weights",
     "graph_cut",
@@ -109,6 +110,18 @@ def _round_half_up(x: Fraction) -> int:
     return int((x + Fraction(1, 2)).__floor__())
 
 
+def seed_counts(n: int, fg_quantile: float = 0.95, bg_quantile: float = 0.30) -> tuple[int, int]:
+    """How many foreground and background seeds :func:`seeds_from_saliency` picks among ``n`` pixels.
+
+    ``round((1 - fg_quantile) * n)`` and ``round(bg_quantile * n)``, at least one each, halves
+    rounded up, in exact decimal arithmetic (the same counts at every image size, whatever
+    floating-point rounding would do).
+    """
+    n_fg = max(1, _round_half_up((1 - Fraction(str(float(fg_quantile)))) * n))
+    n_bg = max(1, _round_half_up(Fraction(str(float(bg_quantile))) * n))
+    return n_fg, n_bg
+
+
 def seeds_from_saliency(
     saliency: np.ndarray | torch.Tensor, fg_quantile: float = 0.95, bg_quantile: float = 0.30
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -137,8 +150,7 @@ def seeds_from_saliency(
     # say) would otherwise give seed sets far from the intended sizes, or empty ones.
     flat = s.ravel()
     n = flat.size
-    n_fg = max(1, _round_half_up((1 - Fraction(str(float(fg_quantile)))) * n))
-    n_bg = max(1, _round_half_up(Fraction(str(float(bg_quantile))) * n))
+    n_fg, n_bg = seed_counts(n, fg_quantile, bg_quantile)
     fg = _extreme(flat, n_fg, largest=True).reshape(s.shape)
     bg = _extreme(flat, n_bg, largest=False).reshape(s.shape)
     return fg, bg

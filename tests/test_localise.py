@@ -162,7 +162,8 @@ def test_a_wrong_directory_fails_at_once(tmp_path, capsys):
     assert not (tmp_path / "r.jsonl").exists()
 
 
-def test_an_interrupted_run_resumes_to_the_clean_result(tmp_path, net):
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "reference"])
+def test_an_interrupted_run_resumes_to_the_clean_result(tmp_path, net, batched):
     img, xml = write_scenes(tmp_path, net)
     for name in ("ILSVRC2012_val_00000003", "ILSVRC2012_val_00000004"):  # two flipped copies
         flipped = scene(*SCENES[0])[:, ::-1]
@@ -173,20 +174,20 @@ def test_an_interrupted_run_resumes_to_the_clean_result(tmp_path, net):
     (xml / "ILSVRC2012_val_00000005.xml").write_text("broken")  # an error record resumes too
     clean = tmp_path / "clean.jsonl"
     s_clean = evaluate(img, xml, clean, model=net, workers=0, loader_workers=0, batch_size=2,
-                       progress=False)
+                       progress=False, batched=batched)
     part = tmp_path / "part.jsonl"
-    evaluate(img, xml, part, model=net, workers=0, loader_workers=0, limit=2, progress=False)
+    evaluate(img, xml, part, model=net, workers=0, loader_workers=0, limit=2, progress=False, batched=batched)
     assert _read_done(part) == {"ILSVRC2012_val_00000001", "ILSVRC2012_val_00000002"}
     with open(part, "a") as fh:  # killed in the middle of writing a line
         fh.write('{"image": "ILSVRC2012_val_00000003", "pred')
     # the rest in the process pool, with a loader process: the same file as one clean run
     s_resumed = evaluate(img, xml, part, model=net, workers=2, loader_workers=1, batch_size=2,
-                         progress=False)
+                         progress=False, batched=batched)
     assert part.read_bytes() == clean.read_bytes()
     assert s_resumed == s_clean and s_clean["scored"] == 4
     # a finished file is not recomputed
     before = part.read_bytes()
-    evaluate(img, xml, part, model=net, workers=0, loader_workers=0, progress=False)
+    evaluate(img, xml, part, model=net, workers=0, loader_workers=0, progress=False, batched=batched)
     assert part.read_bytes() == before
 
 
@@ -202,3 +203,39 @@ def test_classes_only_and_the_published_figures(tmp_path, net, capsys):
     paper = PUBLISHED[0]
     assert paper["top5"] == 46.4 and paper["split"] == "ILSVRC-2013 test"
     assert all(p["split"] and p["model"] for p in PUBLISHED)
+
+
+def test_three_shards_give_one_runs_file_and_summary_byte_for_byte(tmp_path, net, capsys):
+    from convvis.ilsvrc import write_sample_fixture
+    from convvis.localise import merge_results, parse_shard, shard_of, shard_path, summarise
+
+    img, xml = write_sample_fixture(tmp_path / "fx", 6, names=["dog.png", "orange.jpg"])
+    (xml / "ILSVRC2012_val_00000007.xml").write_text("broken")  # an error record is split too
+    kw = dict(model=net, workers=0, loader_workers=0, batch_size=4, top_k=1, progress=False)
+    one = tmp_path / "one.jsonl"
+    s_one = evaluate(img, xml, one, **kw)
+    base = tmp_path / "r.jsonl"
+    files = [shard_path(base, (k, 3)) for k in (1, 2, 3)]
+    for k, f in zip((1, 2, 3), files):
+        s_k = evaluate(img, xml, f, shard=(k, 3), **kw)
+        names = [r["image"] for r in lines(f)]
+        assert names and all(shard_of(n, 3) == k for n in names)  # each shard holds its own photos
+        assert s_k["scored"] + sum(s_k["errors"].values()) == len(names)
+    assert [f.name for f in files] == [f"r.shard-{k}-of-3.jsonl" for k in (1, 2, 3)]
+    assert summarise(files, top_k=1) == s_one
+    merged = tmp_path / "merged.jsonl"
+    merge_results(files, merged)
+    assert merged.read_bytes() == one.read_bytes()
+    # the command line: `summary` prints what one run prints, byte for byte
+    capsys.readouterr()
+    assert main(["summary", *map(str, files), "--model", "m"]) == 0
+    assert capsys.readouterr().out == format_summary(s_one, "m") + "\n"
+    with pytest.raises(ValueError, match="in both"):  # a file given twice overlaps itself
+        merge_results([files[0], files[1], files[0]])
+    for bad in ("0/3", "4/3", "2", "a/b"):
+        with pytest.raises(ValueError, match="K/N"):
+            parse_shard(bad)
+    assert parse_shard("3/3") == (3, 3)
+    # the split is pinned: a change would move photos between the shards of a half-finished run
+    assert [shard_of(f"ILSVRC2012_val_{k:08d}", 3) for k in range(1, 8)] == [3, 3, 2, 1, 1, 2, 3]
+    assert shard_of("x", 1) == 1

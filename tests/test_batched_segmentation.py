@@ -1,0 +1,74 @@
+"""The batched graph cuts (convvis.batched_segmentation) against segment(), the one-photo reference.
+
+A sample: 3 of the book's photos, each with its top-3 saliency maps, and one constant map. Both
+engines are checked on the CPU: "auto" (the reference's NumPy steps where they are faster on a CPU)
+and "torch" (every step in torch: the code a GPU runs). The 272-photo fixture comparison is
+``benchmarks/localise.py --agreement``.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+import convvis
+from convvis.batched_segmentation import prepare_cuts, segment_batch
+from convvis.colour_model import fit_colour_model
+from convvis.segmentation import seeds_from_saliency, segment
+
+K = 3
+
+
+@pytest.fixture(scope="module")
+def sample(net):
+    x = convvis.load_images(["dog", "orange", "rocket"], net)
+    with torch.no_grad():
+        classes = net.model(x).topk(K, 1).indices
+    maps = convvis.saliency_map(net, x.repeat_interleave(K, 0), classes.reshape(-1))
+    maps = maps.reshape(len(x), K, 224, 224).float().numpy().copy()
+    maps[2, 2] = 0.25  # a constant map: no seeds, for both paths
+    return convvis.deprocess(x, net), maps
+
+
+@pytest.mark.parametrize("engine", ["auto", "torch"])
+def test_batched_cuts_agree_with_segment(sample, engine):
+    photos, maps = sample
+    prep = prepare_cuts(torch.as_tensor(photos), torch.as_tensor(maps), engine=engine)
+    out = segment_batch(torch.as_tensor(photos), torch.as_tensor(maps), engine=engine)
+    ious = []
+    for i in range(len(photos)):
+        for j in range(K):
+            if i == 2 and j == 2:
+                with pytest.raises(ValueError) as e:
+                    segment(photos[i], maps[i, j])
+                assert prep.notes[i][j] == out[i][j]["note"] == str(e.value)
+                assert out[i][j]["box"] is None
+                continue
+            assert prep.notes[i][j] is None
+            fg, bg = seeds_from_saliency(maps[i, j])
+            # the same seeds, exactly
+            assert np.array_equal(prep.labels[i, j] == 1, fg) and np.array_equal(prep.labels[i, j] == 2, bg)
+            # the same colour models to rounding: mean log-likelihood per EM iteration within 1e-9
+            for c, seeds in enumerate((fg, bg)):
+                ref = np.array(fit_colour_model(photos[i].astype(np.float64)[seeds]).history)
+                got = prep.history[i, j, c]
+                assert np.isnan(got[len(ref):]).all()
+                np.testing.assert_allclose(got[: len(ref)], ref, rtol=0, atol=1e-9)
+            seg = segment(photos[i], maps[i, j])
+            mask = out[i][j]["mask"]
+            ious.append((mask & seg.mask).sum() / (mask | seg.mask).sum())
+            # float32 capacities can move a cut only where two labellings tie to float32 rounding
+            assert ious[-1] >= 0.98, (i, j, ious[-1])
+    print(engine, "mask IoU with segment():", np.round(ious, 4))
+    assert np.mean(ious) >= 0.995
+
+
+def test_batched_path_refuses_what_it_does_not_reproduce(sample):
+    photos, maps = sample
+    args = torch.as_tensor(photos[:1]), torch.as_tensor(maps[:1])
+    for bad in ({"hard_seeds": "foreground"}, {"smooth": 2.0}, {"iterations": 1}):
+        with pytest.raises(ValueError, match="convvis.segment"):
+            prepare_cuts(*args, **bad)
+    with pytest.raises(TypeError, match="unknown"):
+        prepare_cuts(*args, colour=1)
+    with pytest.raises(ValueError, match="do not match"):
+        prepare_cuts(args[0], args[1][:, :, :10])

@@ -102,7 +102,8 @@ def test_each_submission_gets_the_rows_it_should(graded):
     assert set(got) == set(want)
     for key, (status, words) in want.items():
         assert got[key][0] == status and words in got[key][1], (key, got[key])
-    assert list(graded[0]) == ["student", "chapter", "exercise", "status", "message", "notebook"]
+    assert list(graded[0]) == ["student", "chapter", "exercise", "status", "message", "notebook", "sandbox"]
+    assert all(r["sandbox"] == "bwrap" for r in graded)
     assert all(r["status"] in STATUSES for r in graded)
 
 

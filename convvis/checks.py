@@ -279,8 +279,7 @@ def _degenerate(values, want, what: str) -> None:
         raise CheckFailed(f"{what} contains NaN or infinite values ({int((~np.isfinite(v)).sum())} of "
                           f"{v.size})")
     if not v.any() and w.any():
-        raise CheckFailed(f"{what} is all zeros: nothing was computed into it (the expected values reach "
-                          f"{np.abs(w).max():.3g})")
+        raise CheckFailed(f"{what} is all zeros (the expected values reach {np.abs(w).max():.3g})")
     if v.max() == v.min() and w.max() != w.min():
         raise CheckFailed(f"{what} is a constant: every value is {v.flat[0]:.4g}, where the expected "
                           f"values range from {w.min():.3g} to {w.max():.3g}")
@@ -300,7 +299,7 @@ def _unrelated(values, want, what: str, expected: str) -> None:
     r = float(np.corrcoef(v, w)[0, 1])
     if abs(r) < _UNRELATED:
         raise CheckFailed(f"{what} is unrelated to {expected} (correlation {r:+.2f} with it), as random "
-                          "values would be: it is not a wrong variant of the right computation")
+                          "values would be")
 
 
 # ---- the fixtures: inputs as plain data --------------------------------------------------------------
@@ -745,7 +744,7 @@ def _diagnose_relu_rule(case: dict, ref: dict, out) -> None:
                           f"expected {tuple(expected.shape)}")
     if torch.equal(out, expected):
         return
-    _degenerate(out, expected, f"the signal rule {rule!r} returned")
+    _degenerate(out, expected, f"the signal returned for rule {rule!r}")
     names = [k for k, v in want.items() if torch.equal(out, v)]
     if names:
         raise CheckFailed(f"for rule {rule!r} you computed the {names[0]!r} rule")
@@ -762,7 +761,7 @@ def _diagnose_relu_rule(case: dict, ref: dict, out) -> None:
         raise CheckFailed(f"rule {rule!r} passes `grad` through unchanged; every rule gates it")
     if torch.equal(out, grad * (grad > 0) * (x < 0)) or torch.equal(out, grad * (x < 0)):
         raise CheckFailed(f"rule {rule!r}: the gate is inverted; a ReLU passes where x > 0")
-    _unrelated(out, expected, f"the signal rule {rule!r} returned", "the expected signal")
+    _unrelated(out, expected, f"the signal returned for rule {rule!r}", "the expected signal")
     raise CheckFailed(f"rule {rule!r} differs from the expected signal at "
                       f"{int((out != expected).sum())} of {expected.numel()} units")
 

@@ -207,6 +207,13 @@ def grade_notebook(path: Path, book: dict[str, list[Exercise]], timeout: float =
         stem = todo[0].chapter if todo else ""
     else:
         todo = book[stem]
+    unknown = [ex for ex in todo if ex.checker not in checks.EXERCISES]
+    todo = [ex for ex in todo if ex.checker in checks.EXERCISES]
+    # a chapter that calls a checker this version of convvis.checks does not have
+    unknown = [Row(student, stem, ex.function, "error", f"the grader has no checker {ex.checker}", str(path),
+                   tag) for ex in unknown]
+    if unknown and not todo:
+        return unknown
     if not todo:
         return [Row(student, "", "", "missing", "no exercise of the book found in this notebook", str(path),
                     tag)]
@@ -226,7 +233,7 @@ def grade_notebook(path: Path, book: dict[str, list[Exercise]], timeout: float =
         if ok and os.geteuid() == 0:  # the sandbox runs as nobody (see convvis.sandbox)
             for f in (scratch, scratch / "notebook.ipynb"):
                 os.chown(f, 65534, 65534)
-        stopped = _execute(folder, timeout, hidden, ok)
+        stopped = _execute(folder, timeout, hidden, ok, kernel_name)
         run = _read_run(scratch)
         if stopped is None and isinstance(run.get("stopped"), list) and len(run["stopped"]) == 2:
             status = run["stopped"][0] if run["stopped"][0] in ("timeout", "error") else "error"
@@ -239,7 +246,7 @@ def grade_notebook(path: Path, book: dict[str, list[Exercise]], timeout: float =
         if stopped:
             where = f" (in cell {running + 1})" if isinstance(running, int) and 0 <= running < n_own else ""
             return [Row(student, stem, ex.function, stopped[0], stopped[1] + where, str(path), tag)
-                    for ex in todo]
+                    for ex in todo] + unknown
         results = {}
         for ex in todo:
             exercise = checks.EXERCISES[ex.checker]
@@ -269,21 +276,22 @@ def grade_notebook(path: Path, book: dict[str, list[Exercise]], timeout: float =
             status, message = "missing", (f"the notebook no longer calls {ex.call} (checker cell deleted?); "
                                           f"the grader's own run: {message}")
         rows.append(Row(student, stem, ex.function, status, _one_line(message), str(path), tag))
-    return rows
+    return rows + unknown
 
 
-def _execute(folder: Path, timeout: float, hidden, sandboxed: bool) -> tuple[str, str] | None:
+def _execute(folder: Path, timeout: float, hidden, sandboxed: bool,
+             kernel_name: str) -> tuple[str, str] | None:
     """Run the notebook in ``folder/scratch``; (status, message) if the grader had to stop it."""
     scratch = folder / "scratch"
     if sandboxed:
-        cmd, env, limit = sandbox.command(folder, timeout, hidden), None, None
+        cmd, env = sandbox.command(folder, timeout, hidden, kernel_name), None
     else:  # a plain child process with the same limits: not isolated, see the README
         cmd = [sys.executable, "-m", "convvis.sandbox", "run", str(scratch / "notebook.ipynb"),
-               "--timeout", f"{timeout:g}", "--limits", json.dumps(sandbox.LIMITS)]
-        env, limit = {**_kernel_env(), "HOME": str(scratch)}, None
+               "--timeout", f"{timeout:g}", "--kernel", kernel_name, "--limits", json.dumps(sandbox.limits())]
+        env = {**_kernel_env(), "HOME": str(scratch)}
     with open(folder / "sandbox.log", "wb") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=scratch,
-                                start_new_session=True, preexec_fn=limit)
+                                start_new_session=True)
         try:
             proc.wait(timeout=timeout + _STARTUP)
         except subprocess.TimeoutExpired:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -32,9 +31,12 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
-__all__ = ["LIMITS", "write_fixture", "read_fixture", "answer", "read_outputs", "available", "command",
-           "run_notebook", "main"]
+from . import checks
+
+__all__ = ["LIMITS", "limits", "apply_limits", "BadOutput", "write_fixture", "read_fixture", "answer",
+           "read_outputs", "available", "command", "run_notebook", "main"]
 
 # per sandboxed process: address space (bytes), processes of the sandbox's user, size of one file
 # written (bytes), open files; the wall-clock limit is the grader's --timeout
@@ -73,8 +75,6 @@ def write_fixture(fix, folder: Path) -> None:
 
 def read_fixture(folder: Path, exercise: str):
     """The :class:`convvis.checks.Fixture` that :func:`write_fixture` wrote."""
-    from .checks import Fixture
-
     meta = json.loads((Path(folder) / f"{exercise}.json").read_text())
     with np.load(Path(folder) / f"{exercise}.npz", allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
@@ -82,14 +82,10 @@ def read_fixture(folder: Path, exercise: str):
               else [arrays[k] for k in v["arrays"]] if isinstance(v, dict) else v
               for name, v in spec.items()} for spec in meta["cases"]]
     model = None if meta["model"] is None else {k: arrays[f"model.{k}"] for k in meta["model"]}
-    return Fixture(meta["exercise"], model, cases)
+    return checks.Fixture(meta["exercise"], model, cases)
 
 
 def _encode(out, arrays: dict, key: str):
-    import torch
-
-    from .checks import Returned
-
     if isinstance(out, torch.Tensor):
         arrays[key] = out.numpy()
         return {"tensor": key}
@@ -98,7 +94,7 @@ def _encode(out, arrays: dict, key: str):
         return {"ndarray": key}
     if isinstance(out, (tuple, list)):
         return {type(out).__name__: [_encode(o, arrays, f"{key}.{i}") for i, o in enumerate(out)]}
-    return {"returned": out.type_name if isinstance(out, Returned) else type(out).__name__}
+    return {"returned": out.type_name if isinstance(out, checks.Returned) else type(out).__name__}
 
 
 def _one_line(text, limit: int = 400) -> str:
@@ -110,8 +106,6 @@ def answer(checker: str, function: str, namespace: dict, folder: str) -> None:
     """Run in the student's kernel, after their cells: call ``namespace[function]`` on each case of
     the checker's fixture (read from ``folder/in``) and write the outputs, as data, to
     ``folder/scratch``. Nothing here decides a grade."""
-    from . import checks
-
     exercise = checks.EXERCISES[checker]
     root = Path(folder)
     record, arrays = {"checker": checker, "function": function, "cases": []}, {}
@@ -168,10 +162,6 @@ def _arrays(path: Path) -> dict:
 
 
 def _decode(spec, arrays: dict, depth: int = 0):
-    import torch
-
-    from .checks import Returned
-
     if not isinstance(spec, dict) or len(spec) != 1 or depth > 2:
         raise BadOutput("malformed output record")
     (kind, value), = spec.items()
@@ -184,7 +174,7 @@ def _decode(spec, arrays: dict, depth: int = 0):
         items = [_decode(v, arrays, depth + 1) for v in value]
         return tuple(items) if kind == "tuple" else items
     if kind == "returned" and isinstance(value, str):
-        return Returned(_one_line(value, 80))
+        return checks.Returned(_one_line(value, 80))
     raise BadOutput("malformed output record")
 
 
@@ -256,6 +246,7 @@ def _readable_roots() -> list[Path]:
     paths |= {Path(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
     if os.environ.get("CONVVIS_DATA"):
         paths.add(Path(os.environ["CONVVIS_DATA"]))
+    paths.add(_torch_home())  # downloaded weights, for a notebook that loads another model
     paths = {p.resolve() for p in paths if p.exists()}
     system = [Path(p) for p in ("/usr", "/etc", "/opt")]
     # drop what a system folder or another root already covers
@@ -291,7 +282,7 @@ def _bwrap_prefix(ro: list[Path], folder: Path, probe: bool = False) -> list[str
     return cmd
 
 
-def command(folder: Path, timeout: float, hidden: list[Path] = ()) -> list[str]:
+def command(folder: Path, timeout: float, hidden: list[Path] = (), kernel_name: str = "python3") -> list[str]:
     """The bwrap command line that runs ``folder/scratch/notebook.ipynb`` (see the module docstring).
 
     The sandbox has: a read-only view of /usr, /etc, the Python environment, the package and the
@@ -324,7 +315,7 @@ def command(folder: Path, timeout: float, hidden: list[Path] = ()) -> list[str]:
     for k, v in _sandbox_env(scratch).items():
         cmd += ["--setenv", k, v]
     inner = [sys.executable, "-m", "convvis.sandbox", "run", str(scratch / "notebook.ipynb"),
-             "--timeout", f"{timeout:g}", "--limits", json.dumps(_limits())]
+             "--timeout", f"{timeout:g}", "--kernel", kernel_name, "--limits", json.dumps(limits())]
     if os.geteuid() == 0:
         inner = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "--no-new-privs",
                  "--inh-caps=-all", "--bounding-set=-all", *inner]
@@ -336,13 +327,19 @@ def _sandbox_env(scratch: Path) -> dict[str, str]:
     env = {"HOME": str(scratch), "TMPDIR": "/tmp", "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
            "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "MPLBACKEND": "Agg",
            "JUPYTER_PLATFORM_DIRS": "1"}
-    for k in ("PYTHONPATH", "CONVVIS_DATA", "TORCH_HOME", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    for k in ("PYTHONPATH", "CONVVIS_DATA", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         if os.environ.get(k):
             env[k] = os.environ[k]
+    env["TORCH_HOME"] = str(_torch_home())
     return env
 
 
-def _limits() -> dict:
+def _torch_home() -> Path:
+    """torch's cache folder ($TORCH_HOME, by default ~/.cache/torch), as the grader's user has it."""
+    return Path(torch.hub.get_dir()).parent
+
+
+def limits() -> dict:
     limits = dict(LIMITS)
     if os.geteuid() != 0:
         # the process limit counts every process of the user: leave the teacher's own ones room
@@ -360,7 +357,9 @@ def _owner(p: Path) -> int | None:
 
 
 def apply_limits(limits: dict) -> None:
-    """Set this process's resource limits (its children inherit them)."""
+    """Set this process's resource limits (its children inherit them). POSIX only."""
+    import resource  # not on Windows, where no sandbox is made either
+
     for name, rlimit in (("memory", resource.RLIMIT_AS), ("processes", resource.RLIMIT_NPROC),
                          ("file_size", resource.RLIMIT_FSIZE), ("open_files", resource.RLIMIT_NOFILE)):
         value = int(limits[name])
@@ -370,7 +369,7 @@ def apply_limits(limits: dict) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def run_notebook(path: Path, timeout: float) -> dict:
+def run_notebook(path: Path, timeout: float, kernel_name: str = "python3") -> dict:
     """Execute the notebook at ``path`` (inside the sandbox) and say where it stopped."""
     import time
 
@@ -381,7 +380,7 @@ def run_notebook(path: Path, timeout: float) -> dict:
     nb = nbformat.read(path, as_version=4)
     deadline = time.monotonic() + timeout
     client = NotebookClient(
-        nb, kernel_name="python3", allow_errors=True, startup_timeout=120,
+        nb, kernel_name=kernel_name, allow_errors=True, startup_timeout=120,
         timeout_func=lambda cell: max(1, int(deadline - time.monotonic())),
         shutdown_kernel="immediate", resources={"metadata": {"path": str(Path(path).parent)}})
     stopped = None
@@ -410,10 +409,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("notebook", type=Path)
     r.add_argument("--timeout", type=float, required=True)
     r.add_argument("--limits", type=json.loads, default=None)
+    r.add_argument("--kernel", default="python3")
     args = p.parse_args(argv)
     if args.limits:
         apply_limits(args.limits)
-    result = run_notebook(args.notebook, args.timeout)
+    result = run_notebook(args.notebook, args.timeout, args.kernel)
     (args.notebook.parent / "run.json").write_text(json.dumps(result))
     return 0
 

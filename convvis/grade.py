@@ -43,7 +43,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -286,8 +285,7 @@ def _execute(folder: Path, timeout: float, hidden, sandboxed: bool,
     if sandboxed:
         cmd, env = sandbox.command(folder, timeout, hidden, kernel_name), None
     else:  # a plain child process with the same limits: not isolated, see the README
-        cmd = [sys.executable, "-m", "convvis.sandbox", "run", str(scratch / "notebook.ipynb"),
-               "--timeout", f"{timeout:g}", "--kernel", kernel_name, "--limits", json.dumps(sandbox.limits())]
+        cmd = sandbox.runner_command(scratch / "notebook.ipynb", timeout, kernel_name)
         env = {**_kernel_env(), "HOME": str(scratch)}
     with open(folder / "sandbox.log", "wb") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=scratch,

@@ -8,7 +8,7 @@ submission it writes, into a fresh folder,
 * ``scratch/``: a copy of that one notebook, with one cell per exercise appended that calls
   :func:`answer` (the only writable folder inside the sandbox);
 
-and runs ``python -m convvis.sandbox run`` on it inside bubblewrap (:func:`command`). That runner
+and runs ``convvis/sandbox_runner.py`` on it inside bubblewrap (:func:`command`). That runner
 executes the notebook with nbclient (the kernel starts inside the sandbox too) and writes
 ``scratch/run.json`` (where the notebook stopped, which cells raised). :func:`answer`, run in the
 student's kernel after their cells, calls the student's function on the fixture's inputs and
@@ -35,8 +35,8 @@ import torch
 
 from . import checks
 
-__all__ = ["LIMITS", "limits", "apply_limits", "BadOutput", "write_fixture", "read_fixture", "answer",
-           "read_outputs", "available", "command", "run_notebook", "main"]
+__all__ = ["LIMITS", "RUNNER", "limits", "runner_command", "BadOutput", "write_fixture", "read_fixture",
+           "answer", "read_outputs", "available", "command"]
 
 # per sandboxed process: address space (bytes), processes of the sandbox's user, size of one file
 # written (bytes), open files; the wall-clock limit is the grader's --timeout
@@ -314,8 +314,7 @@ def command(folder: Path, timeout: float, hidden: list[Path] = (), kernel_name: 
             "--chdir", str(scratch), "--clearenv"]
     for k, v in _sandbox_env(scratch).items():
         cmd += ["--setenv", k, v]
-    inner = [sys.executable, "-m", "convvis.sandbox", "run", str(scratch / "notebook.ipynb"),
-             "--timeout", f"{timeout:g}", "--kernel", kernel_name, "--limits", json.dumps(limits())]
+    inner = [*runner_command(scratch / "notebook.ipynb", timeout, kernel_name)]
     if os.geteuid() == 0:
         inner = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "--no-new-privs",
                  "--inh-caps=-all", "--bounding-set=-all", *inner]
@@ -339,6 +338,16 @@ def _torch_home() -> Path:
     return Path(torch.hub.get_dir()).parent
 
 
+RUNNER = Path(__file__).resolve().parent / "sandbox_runner.py"
+
+
+def runner_command(notebook: Path, timeout: float, kernel_name: str = "python3") -> list[str]:
+    """The command that executes ``notebook``: :data:`RUNNER` run by path with ``-I``, so that it
+    imports nbclient only, not this package (whose import costs seconds per notebook)."""
+    return [sys.executable, "-I", str(RUNNER), str(notebook), "--timeout", f"{timeout:g}",
+            "--kernel", kernel_name, "--limits", json.dumps(limits())]
+
+
 def limits() -> dict:
     limits = dict(LIMITS)
     if os.geteuid() != 0:
@@ -354,69 +363,3 @@ def _owner(p: Path) -> int | None:
         return p.stat().st_uid
     except OSError:
         return None
-
-
-def apply_limits(limits: dict) -> None:
-    """Set this process's resource limits (its children inherit them). POSIX only."""
-    import resource  # not on Windows, where no sandbox is made either
-
-    for name, rlimit in (("memory", resource.RLIMIT_AS), ("processes", resource.RLIMIT_NPROC),
-                         ("file_size", resource.RLIMIT_FSIZE), ("open_files", resource.RLIMIT_NOFILE)):
-        value = int(limits[name])
-        soft, hard = resource.getrlimit(rlimit)
-        value = value if hard == resource.RLIM_INFINITY else min(value, hard)
-        resource.setrlimit(rlimit, (value, value))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-
-def run_notebook(path: Path, timeout: float, kernel_name: str = "python3") -> dict:
-    """Execute the notebook at ``path`` (inside the sandbox) and say where it stopped."""
-    import time
-
-    import nbformat
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellTimeoutError, DeadKernelError
-
-    nb = nbformat.read(path, as_version=4)
-    deadline = time.monotonic() + timeout
-    client = NotebookClient(
-        nb, kernel_name=kernel_name, allow_errors=True, startup_timeout=120,
-        timeout_func=lambda cell: max(1, int(deadline - time.monotonic())),
-        shutdown_kernel="immediate", resources={"metadata": {"path": str(Path(path).parent)}})
-    stopped = None
-    try:
-        client.execute()
-    except CellTimeoutError:
-        stopped = ["timeout", f"the notebook ran past the {timeout:g} s time limit"]
-    except DeadKernelError as e:
-        stopped = ["error", _one_line(f"the kernel died: {e}", 300)]
-    except Exception as e:
-        stopped = ["error", _one_line(f"the notebook could not be run: {type(e).__name__}: {e}", 300)]
-    running = max((i for i, c in enumerate(nb.cells) if c.cell_type == "code"
-                   and c.get("execution_count") is not None), default=None)
-    errors = [[i, o.ename, _one_line(o.evalue, 300)] for i, c in enumerate(nb.cells) if c.cell_type == "code"
-              for o in c.get("outputs", []) if o.output_type == "error"]
-    return {"stopped": stopped, "running": running, "errors": errors}
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m convvis.sandbox", description="Run inside the sandbox by "
-                                "python -m convvis.grade; not meant to be called by hand.")
-    sub = p.add_subparsers(dest="what", required=True)
-    r = sub.add_parser("run")
-    r.add_argument("notebook", type=Path)
-    r.add_argument("--timeout", type=float, required=True)
-    r.add_argument("--limits", type=json.loads, default=None)
-    r.add_argument("--kernel", default="python3")
-    args = p.parse_args(argv)
-    if args.limits:
-        apply_limits(args.limits)
-    result = run_notebook(args.notebook, args.timeout, args.kernel)
-    (args.notebook.parent / "run.json").write_text(json.dumps(result))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

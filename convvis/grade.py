@@ -218,7 +218,7 @@ def grade_notebook(path: Path, book: dict[str, list[Exercise]], timeout: float =
                     tag)]
 
     n_own = len(nb.cells)
-    with tempfile.TemporaryDirectory(prefix="convvis-grade-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="convvis-grade-", ignore_cleanup_errors=True) as tmp:
         folder = Path(tmp).resolve()
         scratch = folder / "scratch"
         (folder / "in").mkdir()
@@ -238,7 +238,9 @@ def grade_notebook(path: Path, book: dict[str, list[Exercise]], timeout: float =
             status = run["stopped"][0] if run["stopped"][0] in ("timeout", "error") else "error"
             stopped = status, _one_line(run["stopped"][1], 300)
         if stopped is None and "stopped" not in run:
-            log = (folder / "sandbox.log").read_bytes()[-2000:].decode(errors="replace").strip().splitlines()
+            with open(folder / "sandbox.log", "rb") as f:  # its tail only: the sandbox wrote it
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 2000))
+                log = f.read().decode(errors="replace").strip().splitlines()
             stopped = "error", ("the notebook runner ended without a result (killed, or out of memory?)"
                                 + (f": {_one_line(log[-1], 300)}" if log else ""))
         running = run.get("running")
@@ -336,11 +338,17 @@ def grade(submissions: list[Path], chapters: list[Path] | None = None, timeout: 
     return rows
 
 
+def _cell(value: str) -> str:
+    # a message can carry text from the student's code (an exception's name and words): a cell a
+    # spreadsheet would read as a formula gets a leading quote
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
 def write_csv(rows: list[Row], out: Path) -> None:
     with open(out, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(Row.__dataclass_fields__))
         w.writeheader()
-        w.writerows(asdict(r) for r in rows)
+        w.writerows({k: _cell(str(v)) for k, v in asdict(r).items()} for r in rows)
 
 
 def summary(rows: list[Row]) -> str:

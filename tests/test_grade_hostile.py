@@ -261,3 +261,14 @@ def test_outputs_are_read_as_data_only(tmp_path):
     os.symlink("/etc/passwd", tmp_path / "relu_rule.out.npz")
     with pytest.raises(sandbox.BadOutput, match="missing"):
         sandbox.read_outputs(tmp_path, "relu_rule", 3)
+
+
+def test_a_message_cannot_become_a_spreadsheet_formula(tmp_path):
+    from convvis.grade import Row, write_csv
+
+    # an exception class named like a formula: type("=HYPERLINK(...)", (Exception,), {}) is legal Python
+    row = Row("eve", "05_deconvnet", "my_relu_backward", "error", '=HYPERLINK("http://x"): boo', "eve.ipynb")
+    write_csv([row], tmp_path / "g.csv")
+    with open(tmp_path / "g.csv") as f:
+        (got,) = list(csv.DictReader(f))
+    assert got["message"] == "'" + row.message

@@ -173,7 +173,7 @@ def _read_run(scratch: Path) -> dict:
             return {}
         run = json.loads(path.read_text())
         return run if isinstance(run, dict) else {}
-    except (OSError, ValueError):
+    except Exception:  # unreadable, not JSON, nested past the recursion limit: no result
         return {}
 
 

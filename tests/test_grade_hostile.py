@@ -272,3 +272,37 @@ def test_a_message_cannot_become_a_spreadsheet_formula(tmp_path):
     with open(tmp_path / "g.csv") as f:
         (got,) = list(csv.DictReader(f))
     assert got["message"] == "'" + row.message
+
+
+def test_what_comes_back_is_validated_and_only_compared(tmp_path):
+    """Without a kernel: forged or malformed files from the sandbox never give a pass."""
+    import numpy as np
+    import torch
+
+    from convvis import checks
+    from convvis.grade import Exercise, _read_run, verdict
+
+    ex = Exercise("05_deconvnet", "check_relu_rule", "my_relu_backward")
+    fix = checks.fixture("relu_rule")
+    right = [checks.reference(fix, c)["want"][c["rule"]] for c in fix.cases]
+    ok = {"error": None, "cases": [{"seen": [], "error": None, "output": r} for r in right]}
+    assert verdict(ex, ok)[0] == "passed"
+    seen = {"error": None, "cases": [{**c, "seen": ["your function calls convvis.deconvnet.relu_backward"]}
+                                     for c in ok["cases"]]}
+    assert verdict(ex, seen)[0] == "failed"
+    short = {"error": None, "cases": ok["cases"][:2]}  # fewer outputs than checks
+    assert verdict(ex, short)[0] == "error"
+    wrong = {"error": None, "cases": [{"seen": [], "error": None, "output": torch.zeros(2, 3, 4, 4)}] * 3}
+    assert verdict(ex, wrong) == ("failed", "the signal returned for rule 'gradient' is all zeros (the "
+                                  "expected values reach 2.61)")
+    # a record claiming more than it may, or nested past the recursion limit
+    (tmp_path / "relu_rule.out.json").write_text("[" * 100000)
+    with pytest.raises(sandbox.BadOutput):
+        sandbox.read_outputs(tmp_path, "relu_rule", 3)
+    (tmp_path / "run.json").write_text("[" * 100000)
+    assert _read_run(tmp_path) == {}
+    record = {"cases": [{"seen": [], "output": {"tensor": "c0"}}] * 4}
+    (tmp_path / "relu_rule.out.json").write_text(json.dumps(record))
+    np.savez(tmp_path / "relu_rule.out.npz", c0=right[0].numpy())
+    with pytest.raises(sandbox.BadOutput, match="more outputs than cases"):
+        sandbox.read_outputs(tmp_path, "relu_rule", 3)

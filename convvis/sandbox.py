@@ -27,6 +27,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -225,12 +226,12 @@ def available() -> tuple[bool, str]:
     elif os.geteuid() == 0 and shutil.which("setpriv") is None:
         result = False, "running as root, and setpriv (util-linux) is missing to drop to an unprivileged user"
     else:
-        probe = _bwrap_prefix([], Path("/"), probe=True) + ["true"]
+        probe = _bwrap_prefix([], Path(tempfile.gettempdir()) / "convvis-probe") + ["true"]
         try:
             p = subprocess.run(probe, capture_output=True, text=True, timeout=30)
             result = (True, "bwrap") if p.returncode == 0 else (
-                False, "bwrap cannot create namespaces here (" + _one_line(p.stderr, 200)
-                + "); unprivileged user namespaces may be disabled")
+                False, "bwrap failed a trial run (" + _one_line(p.stderr, 200) + "): unprivileged user "
+                "namespaces may be disabled, or bwrap is older than 0.7")
         except (OSError, subprocess.TimeoutExpired) as e:
             result = False, f"bwrap did not run: {e}"
     _PROBE["result"] = result
@@ -254,7 +255,7 @@ def _readable_roots() -> list[Path]:
                   and str(p) != "/")
 
 
-def _bwrap_prefix(ro: list[Path], folder: Path, probe: bool = False) -> list[str]:
+def _bwrap_prefix(ro: list[Path], folder: Path) -> list[str]:
     cmd = ["bwrap", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
            "--unshare-cgroup-try", "--die-with-parent", "--new-session",
            "--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc", "--ro-bind-try", "/opt", "/opt",
@@ -278,7 +279,7 @@ def _bwrap_prefix(ro: list[Path], folder: Path, probe: bool = False) -> list[str
         # as root, the limit on processes does not apply, so the sandbox drops to nobody (setpriv)
         cmd += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     else:
-        cmd += ["--unshare-user", "--disable-userns"] if not probe else ["--unshare-user"]
+        cmd += ["--unshare-user"]
     return cmd
 
 

@@ -168,6 +168,7 @@ def hostile(tmp_path_factory):
     assert main([str(subs), "--out", str(out), "--timeout", "40", "--require-sandbox",
                  "--chapters", *map(str, CHAPTERS)]) == 0
     after = _snapshot(ROOT / "convvis", ROOT / "chapters", subs)
+    print(out.read_text())  # the rows, for the record (pytest -rA shows them)
     with open(out) as f:
         rows = list(csv.DictReader(f))
     return {"rows": rows, "before": before, "after": after, "root": root}

@@ -110,7 +110,7 @@ ATTACKS = {
                "except MemoryError:\n"
                "    pass\n"
                "gib, hoard = len(hoard), None\n"
-               "raise RuntimeError(f'forked {children} children, allocated {gib} GiB')"],
+               "raise RuntimeError(f'forked {{children}} children, allocated {{gib}} GiB')"],
     # a kernel that never ends: ignores interrupts and terminations, and leaves a process behind
     "hang": ["import signal, subprocess, sys, time\n"
              "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(10**6)  # hang-{token}'],\n"

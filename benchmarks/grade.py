@@ -8,8 +8,9 @@ chapter's solution, executed in full), its untouched student edition, and four s
 chapters 4 and 5 (a right answer, a wrong one, a hand-off to the library, an answered and an
 unanswered exercise side by side). Each grader runs as its own command (``PYTHONPATH`` set to its
 checkout), the two interleaved ``--repeats`` times; the figure is the ratio of their median wall
-times measured in this run, with user and system CPU time and page faults of each command and its
-children.
+times measured in this run, with user and system CPU time and page faults of each command and the
+children it waited for. Processes inside a bubblewrap sandbox are reaped in their own PID namespace
+and do not show in those counts: for a sandboxed grader only the wall time compares.
 """
 
 from __future__ import annotations
@@ -34,12 +35,11 @@ RIGHT_RULE = '''def my_relu_backward(x, grad, rule):
         return grad.clamp(min=0)
     return grad.clamp(min=0) * (x > 0)
 '''
+CHECK_RULE = "from convvis.checks import check_relu_rule\ncheck_relu_rule(my_relu_backward)"
 SMALL = {
-    "ann_05_deconvnet": [RIGHT_RULE, "from convvis.checks import check_relu_rule\ncheck_relu_rule(my_relu_backward)"],
-    "ben_05_deconvnet": ["def my_relu_backward(x, grad, rule):\n    return grad * (x > 0)",
-                         "from convvis.checks import check_relu_rule\ncheck_relu_rule(my_relu_backward)"],
-    "cat_05_deconvnet": ["from convvis.deconvnet import relu_backward as my_relu_backward",
-                         "from convvis.checks import check_relu_rule\ncheck_relu_rule(my_relu_backward)"],
+    "ann_05_deconvnet": [RIGHT_RULE, CHECK_RULE],
+    "ben_05_deconvnet": ["def my_relu_backward(x, grad, rule):\n    return grad * (x > 0)", CHECK_RULE],
+    "cat_05_deconvnet": ["from convvis.deconvnet import relu_backward as my_relu_backward", CHECK_RULE],
     "dan_04_graphcut_segmentation": [
         "import numpy as np\ndef my_seeds(s, fq=0.95, bq=0.3):\n"
         "    return s > np.quantile(s, fq), s < np.quantile(s, bq)\n"
@@ -78,9 +78,9 @@ def run_grader(tree: Path, subs: Path, out: Path) -> dict:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode:
         raise SystemExit(f"the grader in {tree} failed:\n{proc.stdout}\n{proc.stderr}")
-    return {"wall_s": wall, "user_s": after.ru_utime - before.ru_utime, "sys_s": after.ru_stime - before.ru_stime,
-            "major_faults": after.ru_majflt - before.ru_majflt, "minor_faults": after.ru_minflt - before.ru_minflt,
-            "summary": proc.stdout.strip().splitlines()}
+    return {"wall_s": wall, "user_s": after.ru_utime - before.ru_utime,
+            "sys_s": after.ru_stime - before.ru_stime, "major_faults": after.ru_majflt - before.ru_majflt,
+            "minor_faults": after.ru_minflt - before.ru_minflt, "summary": proc.stdout.strip().splitlines()}
 
 
 def main(argv=None) -> int:

@@ -29,7 +29,7 @@ import json
 import re
 from pathlib import Path
 
-__all__ = ["BEGIN", "END", "student_source", "teacher_source", "make_editions", "main"]
+__all__ = ["BEGIN", "END", "student_source", "teacher_source", "make_editions", "default_chapters", "main"]
 
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
@@ -105,7 +105,8 @@ def make_editions(chapters: list[Path], out: Path) -> dict[str, int]:
     return counts
 
 
-def _default_chapters() -> list[Path]:
+def default_chapters() -> list[Path]:
+    """The book's chapter notebooks (``chapters/*.ipynb`` of the source checkout), sorted."""
     root = Path(__file__).resolve().parent.parent / "chapters"
     if not root.is_dir():
         raise FileNotFoundError(f"no chapters folder at {root}: pass the notebooks explicitly")
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", type=Path, help="folder to write student/ and teacher/ into")
     p.add_argument("chapters", nargs="*", type=Path, help="chapter notebooks (default: all with exercises)")
     args = p.parse_args(argv)
-    chapters = args.chapters or _default_chapters()
+    chapters = args.chapters or default_chapters()
     missing = [str(c) for c in chapters if not c.exists()]
     if missing:
         p.error(f"no such notebook: {', '.join(missing)}")

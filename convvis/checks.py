@@ -40,6 +40,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import common, deconvnet, gradients, saliency, segmentation
+from .segmentation import graph_cut, graph_cut_energy, pairwise_weights, seeds_from_saliency
+
 __all__ = [
     "CheckFailed",
     "check_saliency",
@@ -80,11 +83,8 @@ class CheckFailed(AssertionError):
 def _library_solutions(exercise: str) -> dict[CodeType, str]:
     """Code objects of convvis's own answer to ``exercise`` (and the helpers doing its core) -> name.
 
-    The one table to update when these functions move between modules. Imported lazily, so that
-    importing the checkers imports nothing else of the package.
+    The one table to update when these functions move between modules.
     """
-    from . import common, deconvnet, gradients, saliency, segmentation
-
     # common.score_gradient is the one recipe behind every gradient of the package (input_gradient,
     # rule_gradient, smoothgrad, ...): entering it means the library took the gradient
     table = {
@@ -340,8 +340,6 @@ def fixture(exercise: str) -> Fixture:
             {"saliency": rng.exponential(0.3, (20, 30)) ** 2, "fg_quantile": fq, "bg_quantile": bq}
             for fq, bq in ((0.95, 0.30), (0.90, 0.20), (0.80, 0.50))])
     if exercise == "graph_cut":
-        from .segmentation import pairwise_weights
-
         rng = np.random.default_rng(3)
         cases = []
         for gamma in (0.5, 2.0, 8.0):
@@ -395,13 +393,9 @@ def reference(fix: Fixture, case: dict, model: nn.Module | None = None) -> dict:
             ref["others"] = [_grad(model, image, t).abs().amax(0) for t in range(5) if t != target]
         return ref
     if fix.exercise == "seeds":
-        from .segmentation import seeds_from_saliency
-
         want_fg, want_bg = seeds_from_saliency(case["saliency"], case["fg_quantile"], case["bg_quantile"])
         return {"fg": want_fg, "bg": want_bg}
     if fix.exercise == "graph_cut":
-        from .segmentation import graph_cut, graph_cut_energy
-
         costs = case["cost_fg"], case["cost_bg"], case["weights"]
         best = graph_cut(*costs, case["fg_seeds"], case["bg_seeds"])
         return {"best": best, "e_best": graph_cut_energy(best, *costs)}
@@ -677,8 +671,6 @@ def check_graph_cut(fn: Callable) -> None:
 
 
 def _diagnose_graph_cut(case: dict, ref: dict, out) -> None:
-    from .segmentation import graph_cut_energy
-
     cost_fg, cost_bg, weights = case["cost_fg"], case["cost_bg"], case["weights"]
     fg, bg = np.asarray(case["fg_seeds"]), np.asarray(case["bg_seeds"])
     if isinstance(out, Returned) or isinstance(out, (tuple, list)) and not all(

@@ -47,7 +47,10 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from . import checks, sandbox
+from .assignments import default_chapters
 
 __all__ = ["STATUSES", "Exercise", "Row", "exercises", "grade", "grade_notebook", "summary", "write_csv",
            "main"]
@@ -322,14 +325,10 @@ def grade(submissions: list[Path], chapters: list[Path] | None = None, timeout: 
 
     Every submission path (and ``hidden``) is kept out of every sandbox.
     """
-    from tqdm.auto import tqdm
-
-    from .assignments import _default_chapters
-
     ok, why = sandbox.available()
     if require_sandbox and not ok:
         raise RuntimeError(f"no sandbox: {why}")
-    book = exercises(chapters or _default_chapters())
+    book = exercises(chapters or default_chapters())
     paths = _submissions(submissions)
     hide = [*map(Path, submissions), *{p.parent for p in paths}, *paths, *hidden]
     rows = []

@@ -95,7 +95,9 @@ def _library_solutions(exercise: str) -> dict[CodeType, str]:
         "graph_cut": [segmentation.graph_cut],
         "relu_rule": [deconvnet.relu_backward, deconvnet._Rectify.backward],
     }
-    return {f.__code__: f"{f.__module__}.{f.__qualname__}" for f in table[exercise]}
+    # this module's own answers (the references the grader compares with) are handed-off answers too
+    own = [reference, _grad]
+    return {f.__code__: f"{f.__module__}.{f.__qualname__}" for f in table[exercise] + own}
 
 
 def watched_call(exercise: str, fn: Callable, *args) -> tuple:

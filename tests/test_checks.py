@@ -404,3 +404,17 @@ def test_the_same_diagnosis_serves_the_grader():
         "'gradient' rule"
     assert "returned Returned" not in checks.diagnose("relu_rule", case, ref, checks.Returned("NoneType"))
     assert "returned NoneType" in checks.diagnose("relu_rule", case, ref, checks.Returned("NoneType"))
+
+
+def test_the_checkers_own_references_are_a_hand_off_too():
+    """checks.reference and checks._grad compute the answers the grader compares with: calling them is
+    handing the exercise over, like calling convvis's implementation."""
+    def via_reference(x, g, rule):
+        fix = checks.fixture("relu_rule")
+        case = {"x": x.numpy(), "grad": g.numpy(), "rule": rule}
+        return checks.reference(fix, case)["want"][rule]
+
+    with pytest.raises(CheckFailed, match=r"calls convvis\.checks\.reference, convvis's own answer"):
+        checks.check_relu_rule(via_reference)
+    with pytest.raises(CheckFailed, match=r"calls convvis\.checks\._grad, convvis's own answer"):
+        checks.check_saliency(lambda m, x, t: checks._grad(m, x, t).abs().amax(0))

@@ -300,3 +300,121 @@ def rule_with(**override):
 def test_relu_rule_mistakes_are_named(wrong, message):
     with pytest.raises(CheckFailed, match=message):
         checks.check_relu_rule(wrong)
+
+
+# ---- degenerate answers say what they are, and name no mistake they did not make ------------------
+
+_NAMED = ("softmax", "summed", "averaged", "squared", "rescaled", "gradient x input", "another class",
+          "downhill", "regulariser", "swapped", "inverted", "quantile level", "percentage", "pairwise",
+          "forward signal", "the gate", "computed the", "indices", "absolute value")
+
+
+def _rand(*shape, seed=0, dtype=torch.float64):
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def _randn(*shape, seed=0, dtype=torch.float64):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+_H, _W = 10, 12  # the graph cut fixture's size
+DEGENERATE = [
+    # (checker, answer, what the message must say it is)
+    (checks.check_saliency, lambda m, x, t: torch.zeros(8, 8), "all zeros"),
+    (checks.check_saliency, lambda m, x, t: torch.full((8, 8), 0.3), "constant"),
+    (checks.check_saliency, lambda m, x, t: _rand(8, 8), "random"),
+    (checks.check_saliency, lambda m, x, t: _randn(8, 8), "random"),
+    (checks.check_saliency, lambda m, x, t: torch.zeros(5, 7), r"shape \(5, 7\)"),
+    (checks.check_class_model_step, lambda m, x, t, lr, lam: torch.zeros_like(x), "all zeros"),
+    (checks.check_class_model_step, lambda m, x, t, lr, lam: torch.full_like(x, 0.5), "constant"),
+    (checks.check_class_model_step, lambda m, x, t, lr, lam: _randn(*x.shape), "random"),
+    (checks.check_class_model_step, lambda m, x, t, lr, lam: torch.zeros(3, 8), r"shape \(3, 8\)"),
+    (checks.check_seeds, lambda s, fq, bq: (np.zeros(s.shape, bool),) * 2, "False everywhere"),
+    (checks.check_seeds, lambda s, fq, bq: (np.zeros(s.shape), np.zeros(s.shape)), "all zeros"),
+    (checks.check_seeds, lambda s, fq, bq: (np.full(s.shape, 2.0), np.full(s.shape, 2.0)), "constant"),
+    (checks.check_seeds, lambda s, fq, bq: (np.ones(s.shape, bool), s < 0), "True everywhere"),
+    (checks.check_seeds, lambda s, fq, bq: tuple(np.random.default_rng(k).random(s.shape) > 0.5
+                                                 for k in (1, 2)), "random"),
+    (checks.check_seeds, lambda s, fq, bq: tuple(np.random.default_rng(k).random(s.shape) for k in (1, 2)),
+     "random"),
+    (checks.check_seeds, lambda s, fq, bq: (np.zeros((4, 4), bool), np.zeros((4, 4), bool)), "shapes"),
+    (checks.check_graph_cut, lambda cf, cb, w, f, b: np.zeros(cf.shape, bool), "False everywhere"),
+    (checks.check_graph_cut, lambda cf, cb, w, f, b: np.zeros(cf.shape), "all zeros"),
+    (checks.check_graph_cut, lambda cf, cb, w, f, b: np.full(cf.shape, 0.5), "constant"),
+    (checks.check_graph_cut, lambda cf, cb, w, f, b: np.ones(cf.shape, bool), "True everywhere"),
+    (checks.check_graph_cut, lambda cf, cb, w, f, b: np.random.default_rng(5).random(cf.shape) > 0.5,
+     "random"),
+    (checks.check_graph_cut, lambda cf, cb, w, f, b: np.zeros((_W, _H), bool), "shape"),
+    (checks.check_relu_rule, lambda x, g, rule: torch.zeros_like(g), "all zeros"),
+    (checks.check_relu_rule, lambda x, g, rule: torch.full_like(g, 0.7), "constant"),
+    (checks.check_relu_rule, lambda x, g, rule: _randn(*g.shape, dtype=torch.float32), "random"),
+    (checks.check_relu_rule, lambda x, g, rule: (_rand(*g.shape, dtype=torch.float32) > 0.5).float(),
+     "random"),
+    (checks.check_relu_rule, lambda x, g, rule: g[0], "shape"),
+    (checks.check_relu_rule, lambda x, g, rule: g.new_full(g.shape, float("nan")), "NaN"),
+]
+
+
+@pytest.mark.parametrize("k", range(len(DEGENERATE)))
+def test_degenerate_answers_are_named_for_what_they_are(k):
+    import re
+
+    checker, answer, what = DEGENERATE[k]
+    with pytest.raises(CheckFailed) as e:
+        checker(answer)
+    message = str(e.value)
+    print(message)
+    assert re.search(what, message), message
+    assert not any(name in message for name in _NAMED), message  # no mistake it did not make
+
+
+def test_named_mistakes_and_degenerate_answers_are_apart_on_the_fixtures():
+    """The tiny model's softmax is far from saturated, so its derivative is neither zero nor the score's;
+    thresholds on the seed map's values select sets that are neither empty nor everything."""
+    for exercise in ("saliency", "class_model_step"):
+        fix = checks.fixture(exercise)
+        model = checks.fixture_model(fix)
+        for case in fix.cases:
+            ref = checks.reference(fix, case, model)
+            probs = model(torch.from_numpy(case["image"])).softmax(1)
+            assert probs.max() < 0.9 and probs.min() > 1e-3, probs
+            for named in (ref["gp"].abs().amax(0), ref["gl"].abs().amax(0)) if exercise == "saliency" else \
+                    (ref["gp"],):
+                assert not checks._close(named, torch.zeros_like(named))
+                assert named.max() != named.min()
+                right = ref["g"].abs().amax(0) if exercise == "saliency" else ref["g"]
+                assert not checks._close(named, right)
+    for case in checks.fixture("seeds").cases:
+        s, fq, bq = case["saliency"], case["fg_quantile"], case["bg_quantile"]
+        for mask in (s > fq, s < bq, s > np.quantile(s, fq / 100), s < np.quantile(s, bq / 100)):
+            assert mask.any() and not mask.all()
+    for case in checks.fixture("graph_cut").cases:
+        best = checks.reference(checks.fixture("graph_cut"), case)["best"]
+        assert best.any() and not best.all()
+
+
+def test_the_same_diagnosis_serves_the_grader():
+    """diagnose() is a pure function of (case, reference, output): it gives the in-notebook message."""
+    fix = checks.fixture("relu_rule")
+    case = fix.cases[1]  # deconvnet
+    ref = checks.reference(fix, case)
+    x, g = torch.from_numpy(case["x"]), torch.from_numpy(case["grad"])
+    assert checks.diagnose("relu_rule", case, ref, g.clamp(min=0)) is None
+    assert checks.diagnose("relu_rule", case, ref, g * (x > 0)) == "for rule 'deconvnet' you computed the " \
+        "'gradient' rule"
+    assert "returned Returned" not in checks.diagnose("relu_rule", case, ref, checks.Returned("NoneType"))
+    assert "returned NoneType" in checks.diagnose("relu_rule", case, ref, checks.Returned("NoneType"))
+
+
+def test_the_checkers_own_references_are_a_hand_off_too():
+    """checks.reference and checks._grad compute the answers the grader compares with: calling them is
+    handing the exercise over, like calling convvis's implementation."""
+    def via_reference(x, g, rule):
+        fix = checks.fixture("relu_rule")
+        case = {"x": x.numpy(), "grad": g.numpy(), "rule": rule}
+        return checks.reference(fix, case)["want"][rule]
+
+    with pytest.raises(CheckFailed, match=r"calls convvis\.checks\.reference, convvis's own answer"):
+        checks.check_relu_rule(via_reference)
+    with pytest.raises(CheckFailed, match=r"calls convvis\.checks\._grad, convvis's own answer"):
+        checks.check_saliency(lambda m, x, t: checks._grad(m, x, t).abs().amax(0))

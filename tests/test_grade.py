@@ -8,6 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from convvis import sandbox
 from convvis.assignments import make_editions
 from convvis.grade import STATUSES, Exercise, _identify, exercises, grade, main, summary
 
@@ -102,7 +103,9 @@ def test_each_submission_gets_the_rows_it_should(graded):
     assert set(got) == set(want)
     for key, (status, words) in want.items():
         assert got[key][0] == status and words in got[key][1], (key, got[key])
-    assert list(graded[0]) == ["student", "chapter", "exercise", "status", "message", "notebook"]
+    assert list(graded[0]) == ["student", "chapter", "exercise", "status", "message", "notebook", "sandbox"]
+    ok, why = sandbox.available()
+    assert all(r["sandbox"] == ("bwrap" if ok else f"none: {why}") for r in graded)
     assert all(r["status"] in STATUSES for r in graded)
 
 

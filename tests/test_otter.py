@@ -35,6 +35,10 @@ MISTAKES = {
                      "the forward gate is 1(x > 0), strictly"),
 }
 SUBMISSIONS = ("solution", "untouched", "mistake")
+# stem -> (a solution line, the same preceded by handing the exercise to convvis's own implementation)
+HANDOFF = {"05_deconvnet": ('    if rule == "gradient":', '    from convvis import relu_backward\n\n'
+                                                           '    return relu_backward(x, grad, rule)\n'
+                                                           '    if rule == "gradient":')}
 IMPORTS = {"02_class_models": ["import torch"], "03_saliency": ["import torch"],
            "04_graphcut_segmentation": ["import numpy as np"], "05_deconvnet": []}
 
@@ -115,7 +119,11 @@ def graded(tmp_path_factory):
         _, old, new, _ = MISTAKES[stem]
         mistake = _with_mistake(solution, folder / "mistake" / f"{stem}.ipynb", old, new)
         untouched = folder / "dist" / "student" / f"{stem}.ipynb"
-        for kind, nb in (("solution", solution), ("untouched", untouched), ("mistake", mistake)):
+        submissions = [("solution", solution), ("untouched", untouched), ("mistake", mistake)]
+        if stem in HANDOFF:  # the checker's refusal of the library's own answer, through Otter
+            handoff = _with_mistake(solution, folder / "handoff" / f"{stem}.ipynb", *HANDOFF[stem])
+            submissions.append(("handoff", handoff))
+        for kind, nb in submissions:
             res = folder / "results" / kind
             res.mkdir(parents=True)
             _otter("run", "-a", autograder, "-o", res, nb, cwd=folder)
@@ -141,6 +149,13 @@ def test_otter_grades_solution_untouched_and_mistake(graded, stem):
     score, _, output = mistake[question]
     assert score == 0 and "CheckFailed: " in output and message in output, output
     assert all(s == 1 for q, (s, _, _) in mistake.items() if q != question), mistake
+
+
+def test_otter_refuses_the_library_answer(graded):
+    _, results = graded
+    for stem in HANDOFF:
+        (score, _, output), = results[stem, "handoff"].values()
+        assert score == 0 and "convvis's own answer to this exercise" in output, output
 
 
 @pytest.mark.parametrize("stem", EXERCISES)

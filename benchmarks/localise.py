@@ -39,7 +39,7 @@ import torch
 
 import convvis
 from convvis.ilsvrc import ILSVRCLocalisation, imagenet_wnids, write_sample_fixture
-from convvis.localise import _localise_one, evaluate
+from convvis.localise import evaluate, localise_one
 from convvis.saliency import saliency_map
 
 ROOT = Path(__file__).resolve().parent
@@ -103,7 +103,7 @@ def stage_rates(net, data, n, batch_size, top_k) -> dict:
     try:
         t0 = time.perf_counter()
         for task in tasks:
-            _localise_one(task)
+            localise_one(task)
         cut = n / (time.perf_counter() - t0)
     finally:
         torch.set_num_threads(os.cpu_count() or 1)

@@ -28,7 +28,7 @@ import torch
 
 import convvis
 from convvis import frozen_parameters
-from convvis.metrics import PROTOCOLS, _ranks, auc, perturbation_curve, with_steps
+from convvis.metrics import PROTOCOLS, auc, perturbation_curve, pixel_ranks, with_steps
 from convvis.saliency import saliency_map
 
 ROOT = Path(__file__).resolve().parent
@@ -250,7 +250,7 @@ def naive_curve(model, x, sal, t, protocol) -> torch.Tensor:
     """Deletion the straightforward way: one forward pass per step and image."""
     n, _, h, w = x.shape
     step = protocol.step_size(h * w)
-    ranks = _ranks(sal)
+    ranks = pixel_ranks(sal)
     vals = []
     with torch.no_grad():
         for i in range(n):

@@ -44,7 +44,7 @@ import re
 from pathlib import Path
 
 __all__ = ["BEGIN", "END", "OTTER_BEGIN", "OTTER_END", "student_source", "teacher_source",
-           "make_editions", "otter_source", "make_otter", "main"]
+           "make_editions", "otter_source", "make_otter", "default_chapters", "main"]
 
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
@@ -344,7 +344,8 @@ def make_otter(chapters: list[Path], out: Path, colab: bool = False, tests_url: 
     return {stem: questions for stem, (_, questions) in made.items()}
 
 
-def _default_chapters() -> list[Path]:
+def default_chapters() -> list[Path]:
+    """The book's chapter notebooks (``chapters/*.ipynb`` of the source checkout), sorted."""
     root = Path(__file__).resolve().parent.parent / "chapters"
     if not root.is_dir():
         raise FileNotFoundError(f"no chapters folder at {root}: pass the notebooks explicitly")
@@ -356,7 +357,7 @@ def _resolve(name: Path) -> Path | None:
     if name.is_file():
         return name
     try:
-        book = _default_chapters()
+        book = default_chapters()
     except FileNotFoundError:
         return None
     return next((c for c in book if c.stem == name.stem), None)
@@ -392,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         if without:
             p.error(f"{', '.join(without)}: no exercise (the notebook has no marked solution region)")
     else:
-        chapters = [c for c in _default_chapters() if _has_exercise(c)]
+        chapters = [c for c in default_chapters() if _has_exercise(c)]
         if not chapters:
             p.error("none of the book's chapters has a marked solution region")
     try:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .segmentation import _check_photo, bounding_box, largest_component, seeds_from_saliency
+from .common import check_photo
+from .segmentation import bounding_box, check_hard_seeds, largest_component, seeds_from_saliency
 
 __all__ = ["threshold_box", "centre_box", "grabcut_mask"]
 
@@ -32,14 +33,14 @@ def grabcut_mask(photo: np.ndarray, saliency: np.ndarray | torch.Tensor, iterati
     """OpenCV's GrabCut seeded like :func:`segment`.
 
     The seeds chosen as in :func:`segment` are definite foreground / background as ``hard_seeds``
-    says; every other pixel starts as "probably background". Needs ``opencv-python-headless``.
+    says (one of :data:`convvis.segmentation.HARD_SEEDS`); every other pixel starts as "probably
+    background". Needs ``opencv-python-headless``.
     Returns the (H,W) bool foreground.
     """
     import cv2
 
-    if hard_seeds not in ("foreground", "both", "none"):
-        raise ValueError(f"hard_seeds must be 'foreground', 'both' or 'none', not {hard_seeds!r}")
-    photo = _check_photo(photo)
+    check_hard_seeds(hard_seeds)
+    photo = check_photo(photo)
     fg, bg = seeds_from_saliency(saliency, fg_quantile, bg_quantile)
     mask = np.full(fg.shape, cv2.GC_PR_BGD, np.uint8)
     if hard_seeds == "both":

@@ -32,6 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import common, deconvnet, gradients, saliency, segmentation
+from .segmentation import graph_cut, graph_cut_energy, pairwise_weights, seeds_from_saliency
+
 __all__ = [
     "CheckFailed",
     "check_saliency",
@@ -50,11 +53,8 @@ class CheckFailed(AssertionError):
 def _library_solutions(exercise: str) -> dict[CodeType, str]:
     """Code objects of convvis's own answer to ``exercise`` (and the helpers doing its core) -> name.
 
-    The one table to update when these functions move between modules. Imported lazily, so that
-    importing the checkers imports nothing else of the package.
+    The one table to update when these functions move between modules.
     """
-    from . import common, deconvnet, gradients, saliency, segmentation
-
     # common.score_gradient is the one recipe behind every gradient of the package (input_gradient,
     # rule_gradient, smoothgrad, ...): entering it means the library took the gradient
     table = {
@@ -301,8 +301,6 @@ def check_seeds(fn: Callable) -> None:
     """``fn(saliency, fg_quantile, bg_quantile) -> (fg, bg)``: (H,W) bool masks, fg the pixels above
     the map's ``fg_quantile`` quantile (the top 5 % for 0.95), bg those below ``bg_quantile``.
     """
-    from .segmentation import seeds_from_saliency
-
     rng = np.random.default_rng(0)
     n = 0
     for fq, bq in ((0.95, 0.30), (0.90, 0.20), (0.80, 0.50)):
@@ -360,8 +358,6 @@ def check_graph_cut(fn: Callable) -> None:
     labelling of minimum energy sum_p U_p(L_p) + sum_{p~q} w_pq [L_p != L_q] with the seeds as hard
     constraints; ``weights`` as :func:`convvis.segmentation.pairwise_weights` returns them.
     """
-    from .segmentation import graph_cut, graph_cut_energy, pairwise_weights
-
     rng = np.random.default_rng(3)
     n = 0
     for gamma in (0.5, 2.0, 8.0):

@@ -31,16 +31,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from .common import (
     Target,
     as_module,
     check_eval_mode,
+    check_image,
     class_names_of,
+    deprecated_argument,
     frozen_parameters,
     num_classes_of,
     resolve_targets,
 )
+from .loaded_model import LoadedModel, preprocessing_of
+from .models import load_model
 
 __all__ = [
     "Context",
@@ -73,18 +78,15 @@ __all__ = [
 
 # Our choices for the paper's configuration (the paper states none of them).
 PAPER_LAMBDA = 1e-3  # weight of the L2 penalty, as in CS231n's exercise for this paper
-PAPER_LR = 2.0  # plain gradient ascent step on normalised pixels (0.5 left some classes at the zero image)
+PAPER_LR = 2.0  # plain gradient ascent step on normalised pixels
 PAPER_STEPS = 100
 
-# Our choices for the legible preset (lucent's priors; see legible_preset).
+# Our choices for the legible preset (lucent's priors, tuned with the judges of `legibility`; see
+# legible_preset and benchmarks/class_models.py).
 LEGIBLE_LAMBDA = 0.0
-LEGIBLE_LR = 0.1  # twice lucent's: at 0.05 the images stayed low in contrast
+LEGIBLE_LR = 0.1
 LEGIBLE_STEPS = 256
-# 1.0 (lucent's) left fine texture, and the judges' top-1 on 16 classes fell from 1.0/0.88 to 0.88/0.69
 LEGIBLE_DECAY = 1.5
-# nearest-pixel resampling: half of bilinear's cost per step, and on 16 tuning classes (two seeds)
-# and 16 held-out ones the judges' top-1 was as high or higher (6 of 6 judge-runs at 15/16 or
-# 16/16, against 4 of 6 for bilinear)
 LEGIBLE_AFFINE = {"pad": 12, "jitter": 8, "scales": (0.9, 1.1), "degrees": 10.0, "mode": "nearest"}
 # Networks that judge legibility: not the default model, and they ship offline like it.
 LEGIBILITY_JUDGES = ("efficientnet_lite1", "efficientnet_lite2")
@@ -237,41 +239,42 @@ class FourierImage(nn.Module):
         freq = torch.sqrt(fx**2 + fy**2)
         scale = 1.0 / torch.clamp(freq, min=1.0 / size) ** decay
         self.register_buffer("scale", (scale / scale.max()).to(device))
-        # the scale and irfft2's constant factor as one multiplication of the spectrum (one
-        # elementwise pass over the batch, forward and backward, fewer per step)
-        self.register_buffer("_gain", self.scale * (size / 8), persistent=False)
         std_t = torch.tensor([float(v) for v in std])
         # bounded: the matrix scaled so that its largest column has norm 1 (as lucent does), so that
         # a unit of spectrum moves a colour channel by about one sigmoid unit, not a quarter of one
         mix = _RGB_SQRT_COV / _RGB_SQRT_COV.norm(dim=0).max() if bounded else _RGB_SQRT_COV / std_t[:, None]
         self.register_buffer("mix", mix.to(device))
-        # bounded: sigmoid(x) = (1 + tanh(x / 2)) / 2, so the matrix the forward pass uses carries the
-        # 1/2, and with mean = std = 0.5 (the embedded models) (sigmoid(x) - mean) / std is tanh(x / 2):
-        # one elementwise pass over the batch instead of two
-        self.register_buffer("_mix", (mix / 2 if bounded else mix).to(device), persistent=False)
         self.register_buffer("mean", torch.tensor([float(v) for v in mean]).view(1, 3, 1, 1).to(device))
         self.register_buffer("std", std_t.view(1, 3, 1, 1).to(device))
         self.size, self.bounded = size, bounded
-        # decided here, not per step (a device sync on a GPU)
-        self._shifted = any(float(v) != 0.5 for v in mean)
-        self._tanh_only = not self._shifted and all(float(v) == 0.5 for v in std)
+        # Speed-ups: each saves one elementwise pass over the batch per step, and the values equal
+        # the plain definition to float32 rounding (tests/test_class_model.py holds them equal):
+        # * the 1/f scale and irfft2's constant factor size / 8 are one multiplication (`gain`);
+        # * sigmoid(x) = (1 + tanh(x / 2)) / 2, so the colour matrix carries the 1/2 (`half_mix`)
+        #   and the squashing is one tanh; with mean = std = 0.5 (the embedded models),
+        #   (sigmoid(x) - mean) / std is that tanh itself.
+        # The choices that depend on mean and std are made here, not per step (a device sync on a GPU).
+        self.register_buffer("gain", self.scale * (size / 8), persistent=False)
+        self.register_buffer("half_mix", (mix / 2 if bounded else mix).to(device), persistent=False)
+        self.mid_grey = all(float(v) == 0.5 for v in mean)
+        self.unit_std = all(float(v) == 0.5 for v in std)
         self.spectrum = nn.Parameter(torch.zeros(n, 3, size, size // 2 + 1, 2, device=device))
 
     def forward(self) -> torch.Tensor:
-        spec = torch.view_as_complex(self.spectrum) * self._gain
-        decorrelated = torch.fft.irfft2(spec, s=(self.size, self.size), norm="ortho")
+        spectrum = torch.view_as_complex(self.spectrum) * self.gain  # 1/f scaling
+        decorrelated = torch.fft.irfft2(spectrum, s=(self.size, self.size), norm="ortho")
         n = decorrelated.shape[0]
-        # (3,3) @ (N,3,H*W): a batched matmul on views, no copies (einsum permuted and copied here)
-        mixed = torch.matmul(self._mix, decorrelated.reshape(n, 3, -1)).view(n, 3, self.size, self.size)
+        # mix the colours: (3,3) @ (N,3,H*W), a batched matmul on views
+        mixed = torch.matmul(self.half_mix, decorrelated.reshape(n, 3, -1)).view(n, 3, self.size, self.size)
         if not self.bounded:
             return mixed
-        # colour = sigmoid(x + logit(mean)), in [0, 1]; the zero spectrum is the mean colour (logit(0.5) =
-        # 0: mid-grey, no shift). mixed holds x / 2, and (colour - mean) / std
-        # = tanh((x + logit(mean)) / 2) * 0.5 / std + (0.5 - mean) / std
-        if self._shifted:
+        # colour = sigmoid(x + logit(mean)) in [0, 1] (the zero spectrum is the mean colour), then
+        # (colour - mean) / std = tanh((x + logit(mean)) / 2) * 0.5 / std + (0.5 - mean) / std;
+        # mixed holds x / 2
+        if not self.mid_grey:
             mixed = mixed + torch.logit(self.mean) / 2
         half = torch.tanh(mixed)
-        if self._tanh_only:
+        if self.mid_grey and self.unit_std:
             return half
         return torch.addcmul((0.5 - self.mean) / self.std, half, 0.5 / self.std)
 
@@ -352,9 +355,9 @@ class RandomAffine:
     ``grid_sample`` (lucent pads the canvas to 248 pixels and resamples four times).
 
     ``mode``: ``"bilinear"`` interpolates between the four nearest pixels; ``"nearest"`` (the
-    legible preset's) copies the nearest one, which costs about half as much forward and backward
-    on a CPU. Each step draws a new sub-pixel offset, so over the steps the gradient still reaches
-    every pixel.
+    legible preset's) copies the nearest one, which is cheaper (``benchmarks/class_models.py``
+    times a step). Each step draws a new sub-pixel offset, so over the steps the gradient still
+    reaches every pixel.
 
     ``pad`` and ``jitter`` are in pixels of the image; their sum is the largest shift. A
     configuration under which a draw could leave no pixel of the image in the frame is refused by
@@ -479,7 +482,7 @@ class Result:
 
 def visualise(
     model: nn.Module,
-    targets: Target,
+    target: Target = None,
     objective: Objective | None = None,
     *,
     preset: str = "paper",
@@ -492,6 +495,7 @@ def visualise(
     size: int = 224,
     seed: int = 0,
     progress: bool = True,
+    targets: Target = None,
 ) -> Result:
     """Gradient ascent on ``objective`` for one image per target class, all in one batch.
 
@@ -504,10 +508,10 @@ def visualise(
     model:
         Eval-mode classifier giving unnormalised scores. Its weights are held fixed (their
         ``requires_grad`` flags are switched off for the run and restored afterwards).
-    targets:
+    target:
         The class of each image to create: an int or class name (one image), or a sequence /
-        tensor of them, (N,). Checked before any step: non-integers, unknown names and
-        out-of-range classes raise.
+        tensor of them, (N,). Required. Checked before any step: non-integers, unknown names and
+        out-of-range classes raise. ``targets=`` is its deprecated spelling.
     objective:
         What to maximise, per image; the paper's is ``ClassScore() - PAPER_LAMBDA * L2()``.
     preset:
@@ -535,6 +539,7 @@ def visualise(
         target score S_c, its softmax probability, the image norm, and the mean and log-sum-exp of
         the other classes' scores at every step (arrays of shape (steps, N)).
     """
+    target = deprecated_argument("visualise", "targets", targets, "target", target)
     settings = class_model_preset(preset)
     given = {"objective": objective, "param": param, "transforms": transforms, "post_step": post_step,
              "steps": steps, "lr": lr, "optimizer": optimizer}
@@ -545,13 +550,13 @@ def visualise(
     module = as_module(model)
     check_eval_mode(module)
     device = next(module.parameters()).device
-    if targets is None:
+    if target is None:
         raise ValueError("visualise needs the target classes to create (there is no top-1 class of nothing)")
     n_classes = num_classes_of(model)
     if n_classes is None:  # no class names and no final Linear layer: ask the model once
         with torch.no_grad():
             n_classes = module(torch.zeros(1, 3, size, size, device=device)).shape[1]
-    t = resolve_targets(targets, num_classes=n_classes, class_names=class_names_of(model), device=device)
+    t = resolve_targets(target, num_classes=n_classes, class_names=class_names_of(model), device=device)
     if not isinstance(objective, Objective):
         raise TypeError(f"objective must be an Objective, got {type(objective).__name__}")
     if int(steps) != steps or steps < 1:
@@ -577,9 +582,7 @@ def visualise(
         opt = _adam(list(param.parameters()), lr)
     else:
         raise ValueError(f"optimizer must be 'sgd' or 'adam', not {optimizer!r}")
-    hist = History()
-    from tqdm.auto import tqdm
-
+    recorded: dict[str, list[torch.Tensor]] = {name: [] for name in History.__dataclass_fields__}
     with frozen_parameters(module):
         for step in tqdm(range(steps), disable=not progress, desc="class models", leave=False):
             image = param()
@@ -593,18 +596,29 @@ def visualise(
             opt.step()
             for hook in post_step:
                 hook(param, step)
-            with torch.no_grad():
+            with torch.no_grad():  # recorded on the device; read back once, after the last step
                 s = scores.gather(1, t[:, None])[:, 0]
-                hist.objective.append(value.detach().cpu().numpy())
-                hist.score.append(s.cpu().numpy())
-                hist.probability.append(scores.softmax(1).gather(1, t[:, None])[:, 0].cpu().numpy())
-                hist.norm.append(image.detach().flatten(1).norm(dim=1).cpu().numpy())
-                hist.other_scores.append(((scores.sum(1) - s) / (scores.shape[1] - 1)).cpu().numpy())
                 others = scores.scatter(1, t[:, None], float("-inf"))
-                hist.lse_others.append(torch.logsumexp(others, dim=1).cpu().numpy())
+                for name, v in (("objective", value.detach()), ("score", s),
+                                ("probability", scores.softmax(1).gather(1, t[:, None])[:, 0]),
+                                ("norm", image.detach().flatten(1).norm(dim=1)),
+                                ("other_scores", (scores.sum(1) - s) / (scores.shape[1] - 1)),
+                                ("lse_others", torch.logsumexp(others, dim=1))):
+                    recorded[name].append(v)
     with torch.no_grad():
         final = param().detach()
+    hist = History(**_read_back(recorded))
     return Result(final, t.cpu(), hist.as_arrays(), repr(objective))
+
+
+def _read_back(recorded: dict[str, list[torch.Tensor]]) -> dict[str, list[np.ndarray]]:
+    """Per-step (N,) tensors -> per-step NumPy arrays, read from the device in one go when their
+    dtypes and devices agree (they do for a model's scores), else one read per series."""
+    series = {k: torch.stack(v) for k, v in recorded.items()}  # (steps, N) each
+    if len({(v.dtype, v.device) for v in series.values()}) == 1:
+        values = torch.stack(list(series.values())).cpu().numpy()  # (series, steps, N): one read
+        return {k: list(values[i]) for i, k in enumerate(series)}
+    return {k: list(v.cpu().numpy()) for k, v in series.items()}
 
 
 def _adam(params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
@@ -699,10 +713,12 @@ class Legibility:
 
 def legibility(
     images: torch.Tensor,
-    targets: Target,
-    source,
+    target: Target = None,
+    source=None,
     judges: Sequence = LEGIBILITY_JUDGES,
     k: int = 5,
+    *,
+    targets: Target = None,
 ) -> dict[str, Legibility]:
     """Transfer legibility: how often networks that took no part in the optimisation see the class.
 
@@ -714,8 +730,9 @@ def legibility(
     ----------
     images:
         (N,3,H,W) class models in ``source``'s normalised input space (``Result.image``).
-    targets:
-        The class each image was made for (N,), as for :func:`visualise`.
+    target:
+        The class each image was made for (N,), as for :func:`visualise` (required; ``targets=``
+        is its deprecated spelling).
     source:
         The :class:`convvis.LoadedModel` the images were made on (its preprocessing is read).
     judges:
@@ -729,10 +746,7 @@ def legibility(
     dict
         Judge name -> :class:`Legibility` (``.top1``, ``.topk``, ``.ranks``, ``.predicted``).
     """
-    from .common import check_image
-    from .images import _normalise, _prep_of
-    from .models import LoadedModel, load_model
-
+    target = deprecated_argument("legibility", "targets", targets, "target", target)
     check_image(images)
     if not isinstance(source, LoadedModel):
         raise TypeError("source must be the convvis.LoadedModel the images were made on (its preprocessing "
@@ -741,21 +755,18 @@ def legibility(
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if not judges:
         raise ValueError("legibility needs at least one judge")
-    t = resolve_targets(targets, num_classes=num_classes_of(source), class_names=class_names_of(source),
+    t = resolve_targets(target, num_classes=num_classes_of(source), class_names=class_names_of(source),
                         n=len(images), device="cpu")
-    src = _prep_of(source)
-    mean = torch.tensor(src.mean, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(src.std, device=images.device).view(1, 3, 1, 1)
-    pixels = (images.detach().float() * std + mean).clamp(0, 1)  # what the reader sees
+    pixels = preprocessing_of(source).denormalise(images.detach().float()).clamp(0, 1)  # what the reader sees
     out: dict[str, Legibility] = {}
     for judge in judges:
         net = judge if isinstance(judge, LoadedModel) else load_model(judge, device=images.device)
         if net is source or net.name == source.name:
             raise ValueError(f"a judge must not be the network the images were made on ({source.name})")
-        prep = _prep_of(net)
+        prep = preprocessing_of(net)
         x = F.interpolate(pixels, size=(prep.input_size, prep.input_size), mode="bilinear",
                           align_corners=False, antialias=True)
-        x = _normalise(x, prep)
+        x = prep.normalise(x)
         with torch.no_grad():
             scores = as_module(net)(x.to(net.device)).float().cpu()
         target_score = scores.gather(1, t[:, None])

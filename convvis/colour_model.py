@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .common import check_photo
+
 __all__ = ["ColourModel", "fit_colour_model", "unaries"]
 
 
@@ -50,9 +52,7 @@ def unaries(photo: np.ndarray, fg_model: ColourModel, bg_model: ColourModel,
     Both models in one product over the pixels' shared quadratic features; the seeds' own unaries
     are never used when they are hard constraints, so they are not computed.
     """
-    photo = np.asarray(photo, dtype=np.float64)
-    if photo.ndim != 3 or photo.shape[2] != 3:
-        raise ValueError(f"expected an H x W x 3 RGB photo, got shape {photo.shape}")
+    photo = check_photo(photo)
     if where is None:
         where = np.ones(photo.shape[:2], bool)
     feats = _quadratic_features(photo[where])

@@ -30,6 +30,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .common import (
+    RECTIFIERS,
     Target,
     as_module,
     capture_output,
@@ -49,7 +50,6 @@ __all__ = [
 ]
 
 RULES = ("gradient", "deconvnet", "guided")
-_RECTIFIERS = (nn.ReLU, nn.ReLU6)
 _state = threading.local()
 
 
@@ -173,11 +173,11 @@ def backprop_rule(model: nn.Module, rule: str = "guided") -> Iterator[nn.Module]
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, not {rule!r}")
     module = as_module(model)
-    targets = [m for m in module.modules() if isinstance(m, _RECTIFIERS)]
-    saved = [(m, m.__dict__.get("forward", None)) for m in targets]
+    rectifiers = [m for m in module.modules() if isinstance(m, RECTIFIERS)]
+    saved = [(m, m.__dict__.get("forward", None)) for m in rectifiers]
     root_saved = module.__dict__.get("forward", None)
     try:
-        for m in targets:
+        for m in rectifiers:
             m.forward = _rule_forward(m, rule)
         # read after the swap: when the root is itself a rectifier, its swapped forward must run
         original_root_forward = module.forward

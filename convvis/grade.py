@@ -34,6 +34,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
+from .assignments import default_chapters
+
 __all__ = ["STATUSES", "Exercise", "Row", "exercises", "grade", "grade_notebook", "summary", "write_csv",
            "main"]
 
@@ -215,11 +219,7 @@ def _submissions(paths: list[Path]) -> list[Path]:
 def grade(submissions: list[Path], chapters: list[Path] | None = None, timeout: float = 600,
           progress: bool = True) -> list[Row]:
     """Grade every submission (notebooks or folders of them); one :class:`Row` per student and exercise."""
-    from tqdm.auto import tqdm
-
-    from .assignments import _default_chapters
-
-    book = exercises(chapters or _default_chapters())
+    book = exercises(chapters or default_chapters())
     rows = []
     for path in tqdm(_submissions(submissions), desc="grading", unit="notebook", disable=not progress):
         rows += grade_notebook(path, book, timeout)

@@ -21,14 +21,14 @@ import torch
 from torch import nn
 
 from .common import (
+    RECTIFIERS,
     Target,
     as_module,
     check_eval_mode,
     check_image,
-    check_scores,
-    class_names_of,
-    resolve_targets,
+    deprecated_argument,
     score_gradient,
+    scores_and_targets,
 )
 
 __all__ = [
@@ -46,13 +46,8 @@ def class_score(model: nn.Module, image: torch.Tensor, target: Target = None) ->
 
     ``target`` as in :func:`resolve_targets` (default: each image's top-1 class).
     """
-    module = as_module(model)
-    check_eval_mode(module)
-    check_image(image, module)
     with torch.no_grad():
-        scores = module(image)
-    check_scores(scores)
-    t = resolve_targets(target, scores, class_names=class_names_of(model))
+        scores, t = scores_and_targets(model, image, target)
     return scores.gather(1, t[:, None])[:, 0]
 
 
@@ -124,8 +119,9 @@ def taylor_curve(
     eps: Sequence[float] | np.ndarray,
     target: Target = None,
     *,
-    normalize: bool = True,
+    normalise: bool = True,
     chunk: int = 16,
+    normalize: bool | None = None,
 ) -> TaylorCurve:
     """Compare S_c(I0 + eps d) with its first-order prediction S_c(I0) + eps w.d.
 
@@ -134,8 +130,8 @@ def taylor_curve(
     image:
         (1,C,H,W), the expansion point I0.
     direction:
-        d, shape (C,H,W) or (1,C,H,W); scaled to unit L2 norm when ``normalize`` (so ``eps`` is the
-        L2 length of the step in normalised-input units).
+        d, shape (C,H,W) or (1,C,H,W); scaled to unit L2 norm when ``normalise`` (so ``eps`` is the
+        L2 length of the step in normalised-input units). ``normalize=`` is the deprecated spelling.
     eps:
         Step lengths (E,), any sign.
     target:
@@ -143,11 +139,12 @@ def taylor_curve(
     chunk:
         How many perturbed images go through the network at once.
     """
+    normalise = deprecated_argument("taylor_curve", "normalize", normalize, "normalise", normalise, True)
     check_image(image, model)
     if image.shape[0] != 1:
         raise ValueError(f"taylor_curve expands around one image, got a batch of {image.shape[0]}")
     d = direction.detach().to(image.device, image.dtype).reshape(1, *image.shape[1:])
-    if normalize:
+    if normalise:
         norm = d.norm()
         if norm == 0:
             raise ValueError("the direction is all zeros")
@@ -164,9 +161,6 @@ def taylor_curve(
             true.append(module(batch)[:, int(t[0])].double().cpu().numpy())
     s0 = float(score0[0])
     return TaylorCurve(eps_arr, np.concatenate(true), s0 + eps_arr * slope, s0, slope)
-
-
-_RECTIFIERS = (nn.ReLU, nn.ReLU6)
 
 
 @torch.no_grad()
@@ -193,7 +187,7 @@ def rectifier_states(model: nn.Module, image: torch.Tensor) -> list[torch.Tensor
             s = s + (x >= 6).to(torch.int8)
         states.append(s)
 
-    handles = [m.register_forward_pre_hook(record) for m in module.modules() if isinstance(m, _RECTIFIERS)]
+    handles = [m.register_forward_pre_hook(record) for m in module.modules() if isinstance(m, RECTIFIERS)]
     if not handles:
         raise ValueError("the model has no nn.ReLU or nn.ReLU6 modules to read")
     try:
@@ -210,8 +204,9 @@ def first_region_boundary(
     direction: torch.Tensor,
     max_eps: float,
     *,
-    normalize: bool = True,
+    normalise: bool = True,
     iters: int = 50,
+    normalize: bool | None = None,
 ) -> tuple[float, float]:
     """Bracket the first step length at which any rectifier unit changes piece along ``direction``.
 
@@ -221,13 +216,16 @@ def first_region_boundary(
 
     Returns ``(lo, hi)`` with no switch at ``lo`` and at least one at ``hi``. Raises ``ValueError``
     if nothing switches up to ``max_eps``. Use float64 models and images to resolve small steps.
+    ``normalise`` scales ``direction`` to unit L2 norm (``normalize=`` is its deprecated spelling).
     """
+    normalise = deprecated_argument("first_region_boundary", "normalize", normalize, "normalise", normalise,
+                                    True)
     check_eval_mode(model)
     check_image(image, model)
     if image.shape[0] != 1:
         raise ValueError("first_region_boundary works on one image, shape (1,C,H,W)")
     d = direction.detach().to(image.device, image.dtype).reshape(image.shape)
-    if normalize:
+    if normalise:
         d = d / d.norm()
     ref = rectifier_states(model, image)
 

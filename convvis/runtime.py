@@ -6,6 +6,7 @@ everything random or device-dependent afterwards follows from that call.
 
 from __future__ import annotations
 
+import copy
 import random
 
 import numpy as np
@@ -65,8 +66,6 @@ def reference_parameters(namespace: dict) -> dict:
     ratios, counts) were measured and are asserted. Copies are taken, so later changes to a list
     do not change the record.
     """
-    import copy
-
     return {k: copy.deepcopy(v) for k, v in namespace.items()
             if k.isupper() and not k.startswith("_") and k != "REFERENCE" and not callable(v)
             and not isinstance(v, type(np))}

@@ -15,23 +15,12 @@ et al. 2017).
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
-from .common import (
-    Target,
-    as_module,
-    check_eval_mode,
-    check_image,
-    check_scores,
-    class_names_of,
-    resolve_targets,
-    score_gradient,
-)
+from .common import Target, as_module, check_eval_mode, check_image, score_gradient, scores_and_targets
 from .gradients import input_gradient
 
 __all__ = [
@@ -43,9 +32,7 @@ __all__ = [
     "gradient_x_input",
     "grad_cam",
     "last_conv_layer",
-    "randomized_copy",
-    "randomisation_cascade",
-    "parameter_layers",
+    "fixed_targets",
 ]
 
 #: How a method turns the (N,C,H,W) gradient-like tensor w into what it returns, everywhere in
@@ -116,15 +103,11 @@ def saliency_map(
     return reduce_channels(input_gradient(model, image, target), reduce)
 
 
-def _fixed_targets(model, image: torch.Tensor, target: Target) -> torch.Tensor:
-    """Resolve targets once on the clean image, so noisy or scaled copies keep the same class."""
-    module = as_module(model)
-    check_eval_mode(module)
-    check_image(image, module)
+def fixed_targets(model, image: torch.Tensor, target: Target) -> torch.Tensor:
+    """``target`` resolved once on the clean image, (N,), so that noisy, scaled or randomised copies
+    explain the same classes (``None``: each image's top-1 class on ``image``)."""
     with torch.no_grad():
-        scores = module(image)
-    check_scores(scores)
-    return resolve_targets(target, scores, class_names=class_names_of(model))
+        return scores_and_targets(model, image, target)[1]
 
 
 def smoothgrad(
@@ -148,14 +131,12 @@ def smoothgrad(
     batches of noisy copies.
     """
     _check_reduce(reduce)
-    t = _fixed_targets(model, image, target)
+    t = fixed_targets(model, image, target)
     total = torch.zeros_like(image)
     span = (image.amax(dim=(1, 2, 3)) - image.amin(dim=(1, 2, 3))).view(-1, 1, 1, 1)
     sigma = noise * span
     n = image.shape[0]
     # noisy copies of every image, processed in batches of about `batch_size`
-    from tqdm.auto import tqdm
-
     for start in tqdm(range(0, samples, max(1, batch_size // n)), desc="SmoothGrad", disable=not progress,
                       leave=False):
         k = min(max(1, batch_size // n), samples - start)
@@ -189,14 +170,12 @@ def integrated_gradients(
     bar over the batches of path points.
     """
     _check_reduce(reduce)
-    t = _fixed_targets(model, image, target)
+    t = fixed_targets(model, image, target)
     base = torch.as_tensor(baseline, dtype=image.dtype, device=image.device).expand_as(image)
     alphas = (torch.arange(steps, dtype=image.dtype, device=image.device) + 0.5) / steps
     total = torch.zeros_like(image)
     n = image.shape[0]
     per = max(1, batch_size // n)
-    from tqdm.auto import tqdm
-
     for start in tqdm(range(0, steps, per), desc="Integrated Gradients", disable=not progress, leave=False):
         a = alphas[start : start + per].view(-1, 1, 1, 1, 1)
         path = (base[None] + a * (image - base)[None]).reshape(-1, *image.shape[1:])
@@ -270,76 +249,3 @@ def grad_cam(
     cam = F.relu((alpha * feats).sum(dim=1, keepdim=True))
     cam = F.interpolate(cam, size=image.shape[-2:], mode="bilinear", align_corners=False)
     return cam[:, 0]
-
-
-def parameter_layers(model: nn.Module) -> list[str]:
-    """Names of the modules that own parameters directly, in registration (input-to-output) order."""
-    module = as_module(model)
-    return [n for n, m in module.named_modules() if n and any(True for _ in m.parameters(recurse=False))]
-
-
-def randomized_copy(model: nn.Module, layers: Sequence[str], seed: int = 0) -> nn.Module:
-    """A deep copy of the model with the named modules' parameters re-initialised.
-
-    Used for the model-randomisation sanity check (Adebayo et al. 2018): randomise the top layers,
-    then more and more of them ("cascading"), and see whether the saliency map changes. Each module
-    is reset with its own ``reset_parameters()`` (PyTorch's default initialisation; batch norm goes
-    back to the identity with fresh running statistics) under a private random stream, so the
-    global RNG is untouched. The caller's model is never modified.
-    """
-    module = copy.deepcopy(as_module(model))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for name in layers:
-            m = module.get_submodule(name)
-            if not hasattr(m, "reset_parameters"):
-                raise ValueError(f"module {name!r} ({type(m).__name__}) has no reset_parameters()")
-            m.reset_parameters()
-            if hasattr(m, "reset_running_stats"):
-                m.reset_running_stats()
-    module.eval()
-    return module
-
-
-def randomisation_cascade(
-    model: nn.Module,
-    image: torch.Tensor,
-    target: Target,
-    stages: Sequence[tuple[str, Sequence[str]]],
-    *,
-    method=None,
-    seed: int = 0,
-    progress: bool = False,
-):
-    """Adebayo et al. (2018)'s cascading model-randomisation check of a saliency method.
-
-    ``stages`` lists ``(label, module names)`` from the output towards the input; stage k
-    re-initialises the modules of stages 0..k together (cumulatively, :func:`randomized_copy`
-    with ``seed``), and the map of each randomised copy is compared with the trained model's.
-    ``method(model, image, target)`` gives (N,H,W) maps (default :func:`saliency_map`, the paper's).
-    Targets are resolved once on the trained model, so every copy explains the same classes.
-
-    Returns ``(trained, randomised, correlations)``: the trained model's maps (N,H,W), one (N,H,W)
-    tensor per stage, and a NumPy array (stages, N) of Spearman rank correlations between each
-    stage's maps and the trained maps (:func:`convvis.rank_correlation`). A method that passes
-    the check gives correlations that fall as more layers are randomised. ``progress`` shows a
-    bar over the stages. The caller's model is never modified.
-    """
-    import numpy as np
-    from tqdm.auto import tqdm
-
-    from .metrics import rank_correlation
-
-    method = saliency_map if method is None else method
-    if not stages:
-        raise ValueError("no stages to randomise")
-    t = _fixed_targets(model, image, target)
-    trained = method(model, image, t)
-    randomised, so_far, correlations = [], [], []
-    for _label, group in tqdm(stages, desc="randomisation cascade", disable=not progress, leave=False):
-        so_far += list(group)
-        m = method(randomized_copy(model, so_far, seed=seed), image, t)
-        randomised.append(m)
-        correlations.append(rank_correlation(trained, m).cpu().numpy())
-    return trained, randomised, np.array(correlations)
-

@@ -35,8 +35,12 @@ from fractions import Fraction
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .colour_model import fit_colour_model, unaries
+from .common import Target, check_photo, deprecated_argument
+from .images import deprocess
+from .saliency import saliency_map
 
 __all__ = [
     "seeds_from_saliency",
@@ -50,6 +54,8 @@ __all__ = [
     "Segmentation",
     "segment",
     "localise_images",
+    "HARD_SEEDS",
+    "check_hard_seeds",
 ]
 
 _NEIGHBOURS = ((0, 1), (1, 0), (1, 1), (1, -1))  # right, down, down-right, down-left
@@ -72,13 +78,14 @@ def neighbour_pairs(h: int, w: int) -> Iterator[tuple[tuple[int, int], _Slices, 
         yield (dy, dx), p, q
 
 
-def _check_photo(photo: np.ndarray) -> np.ndarray:
-    photo = np.asarray(photo)
-    if photo.ndim != 3 or photo.shape[2] != 3:
-        raise ValueError(f"expected an H x W x 3 RGB photo, got shape {photo.shape}")
-    if not np.issubdtype(photo.dtype, np.floating):
-        raise TypeError(f"expected a float photo in [0, 1], got {photo.dtype}")
-    return photo.astype(np.float64)
+#: Which seeds :func:`segment` (and :func:`convvis.grabcut_mask`) make hard constraints of the cut.
+HARD_SEEDS = ("foreground", "both", "none")
+
+
+def check_hard_seeds(hard_seeds: str) -> None:
+    """Refuse a ``hard_seeds`` value that is not one of :data:`HARD_SEEDS`."""
+    if hard_seeds not in HARD_SEEDS:
+        raise ValueError(f"hard_seeds must be 'foreground', 'both' or 'none', not {hard_seeds!r}")
 
 
 def _extreme(flat: np.ndarray, k: int, largest: bool) -> np.ndarray:
@@ -144,7 +151,7 @@ def pairwise_weights(photo: np.ndarray, gamma: float = 50.0) -> tuple[list[np.nd
     entry (y,x) weights the edge from (y,x) to its neighbour, ``gamma * exp(-beta d^2) / dist``,
     zero where the neighbour is outside the image; and beta = 1 / (2 mean d^2) over all edges.
     """
-    photo = _check_photo(photo)
+    photo = check_photo(photo)
     h, w, _ = photo.shape
     regions, diffs, offsets = [], [], []
     for offset, src, dst in neighbour_pairs(h, w):
@@ -182,9 +189,7 @@ def graph_cut(
     to a seed becomes a unary term of the free pixel (cutting it costs the edge's weight exactly
     when the free pixel takes the other label). The minimum is the same (a test compares with the
     full graph); the graph max-flow searches is smaller by the seed count (35 % of the pixels with
-    the default quantiles). A one-off comparison during development measured about 40 ms for the
-    full graph against about 20 ms per 224 x 224 photo; ``benchmarks/run.py`` reports this stage's
-    time.
+    the default quantiles). ``benchmarks/run.py`` reports this stage's time.
     """
     import maxflow
 
@@ -323,9 +328,8 @@ def segment(
     ``smooth`` > 0 blurs the map with a Gaussian of that many pixels before the seeds are chosen
     (not in the paper; it turns a speckled map's scattered seeds into blobs). Default 0.
     """
-    if hard_seeds not in ("foreground", "both", "none"):
-        raise ValueError(f"hard_seeds must be 'foreground', 'both' or 'none', not {hard_seeds!r}")
-    photo = _check_photo(photo)
+    check_hard_seeds(hard_seeds)
+    photo = check_photo(photo)
     sal = saliency.detach().cpu().numpy() if isinstance(saliency, torch.Tensor) else np.asarray(saliency)
     if sal.shape != photo.shape[:2]:
         raise ValueError(f"saliency {sal.shape} and photo {photo.shape[:2]} differ in size")
@@ -375,25 +379,22 @@ def segment(
 def localise_images(
     model,
     image: torch.Tensor,
-    targets=None,
+    target: Target = None,
     *,
     progress: bool = False,
+    targets: Target = None,
     **segment_kwargs,
 ) -> list[Segmentation]:
     """Saliency + graph cut for a batch: one :class:`Segmentation` per (image, target).
 
     ``image`` (N,3,H,W) normalised for ``model`` (a :class:`convvis.LoadedModel`, whose
-    preprocessing is needed to recover the photo's colours); ``targets`` one class per image
-    (index or name; default: top-1). The saliency maps are computed in one batched backward pass;
-    ``progress`` shows a bar over the per-image graph cuts. ``segment_kwargs`` go to
-    :func:`segment`.
+    preprocessing is needed to recover the photo's colours); ``target`` one class per image
+    (index or name; default: top-1; ``targets=`` is its deprecated spelling). The saliency maps
+    are computed in one batched backward pass; ``progress`` shows a bar over the per-image graph
+    cuts. ``segment_kwargs`` go to :func:`segment`.
     """
-    from tqdm.auto import tqdm
-
-    from .images import deprocess
-    from .saliency import saliency_map
-
-    maps = saliency_map(model, image, targets)
+    target = deprecated_argument("localise_images", "targets", targets, "target", target)
+    maps = saliency_map(model, image, target)
     photos = deprocess(image, model)
     return [segment(p, m, **segment_kwargs)
             for p, m in tqdm(list(zip(photos, maps)), desc="graph cuts", disable=not progress, leave=False)]

@@ -281,6 +281,9 @@ def test_legibility_ranks_resizes_and_renormalises_for_each_judge():
     assert judge.model.seen.shape == (4, 3, 32, 32)
     torch.testing.assert_close(judge.model.seen, torch.full((4, 3, 32, 32), 0.5))
     assert convvis.legibility(images, targets, source, judges=[judge], k=1000)["fixed"].topk == 1.0
+    with pytest.warns(DeprecationWarning, match="target="):
+        old = convvis.legibility(images, targets=targets, source=source, judges=[judge])["fixed"]
+    assert old.ranks.tolist() == leg.ranks.tolist()
 
 
 def test_legibility_refuses_bad_input():

@@ -176,3 +176,82 @@ def test_rule_on_a_bare_rectifier_module(rule):
     assert torch.equal(g, relu_backward(X, G, rule, upper=6.0))
     assert "forward" not in act.__dict__
     assert torch.equal(x.detach(), X)  # the in-place module did not overwrite its input
+
+
+# ---- one recipe ---------------------------------------------------------------------------------
+
+
+class SoftmaxNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x):
+        return self.fc(self.relu(self.conv(x)).mean((2, 3))).softmax(1)
+
+
+def test_every_rule_goes_through_the_softmax_check():
+    x = torch.rand(1, 3, 6, 6)
+    for rule in convvis.RULES:
+        with pytest.raises(ValueError, match="softmax"):
+            convvis.rule_gradient(SoftmaxNet().eval(), x, 0, rule)
+    with pytest.raises(ValueError, match="softmax"):
+        convvis.grad_cam(SoftmaxNet().eval(), x, 0, layer="relu")
+
+
+def test_the_gradient_rule_is_the_gradient_and_grad_cam_is_its_formula():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 5)).eval()
+    x = torch.rand(2, 3, 6, 6)
+    torch.testing.assert_close(convvis.rule_gradient(model, x, [1, 3], "gradient"),
+                               convvis.input_gradient(model, x, [1, 3]))
+    # Grad-CAM by hand on the ReLU's output
+    feats = model[1](model[0](x)).detach().requires_grad_(True)
+    scores = model[4](model[3](model[2](feats)))
+    (g,) = torch.autograd.grad(scores.gather(1, torch.tensor([[1], [3]])).sum(), feats)
+    cam = torch.relu((g.mean((2, 3), keepdim=True) * feats.detach()).sum(1))
+    torch.testing.assert_close(convvis.grad_cam(model, x, [1, 3], layer="1"), cam)
+
+
+# ---- rectifiers the rules cannot see ----------------------------------------------------------------
+
+
+class Rectified(nn.Module):
+    def __init__(self, rectify):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.rectify = rectify
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x):
+        h = self.conv(x)
+        h = self.rectify(h) if not isinstance(self.rectify, nn.Module) else self.rectify(h)
+        return self.fc(h.mean((2, 3)))
+
+
+@pytest.mark.parametrize("rectify", [
+    lambda h: h.clamp(min=0), lambda h: torch.clamp(h, 0, 6), lambda h: h.clip(0),
+    lambda h: torch.clip(h, min=0.0), lambda h: torch.nn.functional.threshold(h, 0.0, 0.0),
+    nn.Threshold(0.0, 0.0), nn.Hardtanh(0.0, 6.0), lambda h: torch.maximum(h, torch.zeros_like(h)),
+    nn.LeakyReLU(), nn.SiLU(), nn.GELU(), lambda h: h.clamp_min(0),
+], ids=["clamp_min0", "clamp06", "clip0", "torch_clip", "F.threshold", "nn.Threshold", "nn.Hardtanh",
+        "maximum0", "LeakyReLU", "SiLU", "GELU", "clamp_min"])
+def test_rectifiers_the_swap_cannot_reach_are_refused(rectify):
+    torch.manual_seed(0)
+    model = Rectified(rectify).eval()
+    x = torch.rand(1, 3, 6, 6)
+    for rule in ("deconvnet", "guided"):
+        with pytest.raises(convvis.FunctionalRectifierError):
+            convvis.rule_gradient(model, x, 0, rule)
+    # the plain gradient needs no swap: allowed, and the model is as it was
+    plain = convvis.input_gradient(model, x, 0)
+    torch.testing.assert_close(convvis.rule_gradient(model, x, 0, "gradient"), plain)
+    assert all("forward" not in m.__dict__ for m in model.modules())
+
+
+def test_a_clamp_that_is_not_a_rectifier_is_allowed():
+    model = Rectified(lambda h: h.clamp(-1, 1)).eval()
+    convvis.rule_gradient(model, torch.rand(1, 3, 6, 6), 0, "deconvnet")

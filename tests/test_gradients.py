@@ -4,12 +4,12 @@ import torch
 from torch import nn
 
 import convvis
+from convvis.common import resolve_targets
 from convvis.gradients import (
     class_score,
     first_region_boundary,
     input_gradient,
     rectifier_states,
-    resolve_targets,
     taylor_curve,
 )
 
@@ -186,6 +186,23 @@ def test_taylor_curve_breaks_at_the_relu_boundary():
     curve = taylor_curve(model, x, d, [0.5, 1.4, 2.0, 3.0], target=0)
     assert curve.slope == 1.0
     np.testing.assert_allclose(curve.abs_error, [0.0, 0.0, 1.0, 3.0], atol=1e-12)
+
+
+def test_the_american_spelling_normalize_still_works_and_warns():
+    model = one_layer_relu_net().double()
+    x = torch.tensor([3.0, 1.0], dtype=torch.float64).view(1, 1, 1, 2)
+    d = torch.tensor([2.0, 0.0], dtype=torch.float64).view(1, 1, 2)
+    for normalise in (True, False):
+        want = taylor_curve(model, x, d, [0.5, 2.0], target=0, normalise=normalise)
+        with pytest.warns(DeprecationWarning, match="normalise"):
+            old = taylor_curve(model, x, d, [0.5, 2.0], target=0, normalize=normalise)
+        np.testing.assert_array_equal(old.true, want.true)
+        assert old.slope == want.slope
+    with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="both"):
+        taylor_curve(model, x, d, [0.5], target=0, normalise=False, normalize=False)
+    want = first_region_boundary(model, x, d, 4.0, normalise=False, iters=8)
+    with pytest.warns(DeprecationWarning, match="normalise"):
+        assert first_region_boundary(model, x, d, 4.0, normalize=False, iters=8) == want
 
 
 def test_rectifier_states_and_hook_removal():

@@ -1,3 +1,6 @@
+import zlib
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -212,3 +215,62 @@ def test_box_to_input(net):
     assert x0 == x1 == 0
     with pytest.raises(ValueError, match="empty"):
         convvis.box_to_input([5, 5, 5, 9], (512, 512), net)
+
+
+# ---- 16-bit PNGs --------------------------------------------------------------------------------
+
+
+def _png16(path, arr, filter_type):
+    """Write a 16-bit PNG by hand with one row filter for every row (colour type 2 or 6)."""
+    h, w, c = arr.shape
+    raw = arr.astype(">u2").tobytes()
+    stride, bpp = w * c * 2, c * 2
+    rows = np.frombuffer(raw, np.uint8).reshape(h, stride).astype(np.int32)
+    out = bytearray()
+    prev = np.zeros(stride, np.int32)
+    for y in range(h):
+        cur = rows[y]
+        left = np.concatenate([np.zeros(bpp, np.int32), cur[:-bpp]])
+        upleft = np.concatenate([np.zeros(bpp, np.int32), prev[:-bpp]])
+        if filter_type == 0:
+            f = cur
+        elif filter_type == 1:
+            f = cur - left
+        elif filter_type == 2:
+            f = cur - prev
+        elif filter_type == 3:
+            f = cur - (left + prev) // 2
+        else:
+            p = left + prev - upleft
+            pa, pb, pc = abs(p - left), abs(p - prev), abs(p - upleft)
+            f = cur - np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, prev, upleft))
+        out += bytes([filter_type]) + bytes((f & 0xFF).astype(np.uint8))
+        prev = cur
+
+    def chunk(kind, data):
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    ihdr = w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes([16, 2 if c == 3 else 6, 0, 0, 0])
+    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(out))) + chunk(b"IEND", b"")
+    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+
+
+@pytest.mark.parametrize("filter_type", range(5))
+def test_16_bit_rgb_pngs_keep_their_precision(tmp_path, filter_type):
+    rng = np.random.default_rng(filter_type)
+    arr = rng.integers(0, 65536, (9, 11, 3)).astype(np.uint16)
+    arr[0, 0] = (1, 2, 65535)  # values that 8 bits cannot tell apart
+    path = tmp_path / "x.png"
+    _png16(path, arr, filter_type)
+    photo = convvis.to_photo(path)
+    np.testing.assert_allclose(photo, arr / 65535.0, atol=1e-7)
+    assert photo[0, 0, 0] != photo[0, 0, 1]
+
+
+def test_16_bit_rgba_png_is_composited(tmp_path):
+    arr = np.zeros((4, 5, 4), np.uint16)
+    arr[..., 0], arr[..., 3] = 65535, 32768  # red at about half opacity over white
+    _png16(tmp_path / "a.png", arr, 4)
+    photo = convvis.to_photo(tmp_path / "a.png")
+    a = 32768 / 65535
+    np.testing.assert_allclose(photo[0, 0], [1.0, 1 - a, 1 - a], atol=1e-6)

@@ -13,14 +13,8 @@ import torch
 from PIL import Image
 
 import convvis
-from convvis.ilsvrc import (
-    ILSVRCLocalisation,
-    box_to_photo,
-    imagenet_wnids,
-    photo_to_input,
-    read_ilsvrc_boxes,
-    write_annotation,
-)
+from convvis.ilsvrc import ILSVRCLocalisation, imagenet_wnids, read_ilsvrc_boxes, write_annotation
+from convvis.images import box_to_photo, photo_to_input
 from convvis.localise import PUBLISHED, _read_done, evaluate, format_summary, main
 from convvis.segmentation import box_iou
 

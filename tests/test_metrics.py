@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -10,8 +11,11 @@ from convvis.metrics import (
     deletion_auc,
     gaussian_blur,
     insertion_auc,
+    parameter_layers,
     perturbation_curve,
     pointing_game,
+    randomised_copy,
+    randomized_copy,
     rank_correlation,
     with_steps,
 )
@@ -125,3 +129,73 @@ def test_rank_correlation():
     assert rank_correlation(a, 2 * a).tolist() == pytest.approx([1.0, 1.0])  # exact monotone map -> 1
     with pytest.raises(ValueError, match="differ in shape"):
         rank_correlation(a, a[:1])
+
+
+# ---- rank correlation and the randomisation cascade ----------------------------------------------
+
+
+def test_rank_correlation_is_spearmans_rho_with_ties():
+    from scipy.stats import spearmanr
+
+    a = torch.zeros(1, 8, 8)
+    b = torch.zeros(1, 8, 8)
+    a[0, :2] = torch.arange(16.0).view(2, 8)
+    b[0, 6:] = torch.arange(16.0).view(2, 8)
+    ours = float(convvis.rank_correlation(a, b)[0])
+    ref = spearmanr(a.flatten(), b.flatten()).statistic
+    assert ours == pytest.approx(ref, abs=1e-12)
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.integers(0, 4, (3, 10, 10)).astype(np.float32))
+    y = torch.from_numpy(rng.integers(0, 4, (3, 10, 10)).astype(np.float32))
+    for i in range(3):
+        assert float(convvis.rank_correlation(x, y)[i]) == pytest.approx(
+            spearmanr(x[i].flatten(), y[i].flatten()).statistic, abs=1e-12)
+
+
+def test_randomisation_cascade_is_the_cumulative_loop_and_leaves_the_model_alone():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.rand(3, 3, 8, 8)
+    stages = [("top", ["6"]), ("middle", ["2"]), ("bottom", ["0"])]
+    trained, maps, corr = convvis.randomisation_cascade(model, x, [0, 1, 2], stages, seed=3, progress=True)
+    # by hand: re-initialise cumulatively, the same seed each time
+    torch.testing.assert_close(trained, convvis.saliency_map(model, x, [0, 1, 2]))
+    names = []
+    for (_, group), m, c in zip(stages, maps, corr):
+        names += group
+        ref = convvis.saliency_map(convvis.randomised_copy(model, names, seed=3), x, [0, 1, 2])
+        torch.testing.assert_close(m, ref)
+        np.testing.assert_allclose(c, convvis.rank_correlation(trained, ref).numpy())
+    assert corr.shape == (3, 3)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    # another method, and targets resolved once on the trained model (None: its top-1)
+    top1 = model(x).argmax(1)
+    t2, _, _ = convvis.randomisation_cascade(model, x, None, stages[:1], method=convvis.grad_cam)
+    torch.testing.assert_close(t2, convvis.grad_cam(model, x, top1))
+    with pytest.raises(ValueError, match="no stages"):
+        convvis.randomisation_cascade(model, x, 0, [])
+
+
+def test_randomised_copy_leaves_the_original_alone(net):
+    layers = parameter_layers(net)
+    assert layers[-1] == "classifier" and layers[0] == "conv_stem"
+    before = {k: v.clone() for k, v in net.model.state_dict().items()}
+    rng = torch.random.get_rng_state()
+    rand = randomised_copy(net, ["classifier", "conv_head"], seed=1)
+    assert torch.equal(torch.random.get_rng_state(), rng)  # the global RNG is untouched
+    assert all(torch.equal(before[k], v) for k, v in net.model.state_dict().items())
+    assert not torch.equal(rand.classifier.weight, net.model.classifier.weight)
+    assert torch.equal(rand.blocks[0][0].conv_dw.weight, net.model.blocks[0][0].conv_dw.weight)
+    again = randomised_copy(net, ["classifier", "conv_head"], seed=1)
+    assert torch.equal(again.classifier.weight, rand.classifier.weight)  # reproducible
+    with pytest.raises(ValueError, match="reset_parameters"):
+        randomised_copy(nn.Sequential(nn.Sequential(nn.Linear(2, 2))), ["0"])
+
+
+def test_the_american_spelling_still_works_and_warns(net):
+    with pytest.warns(DeprecationWarning, match="randomised_copy"):
+        old = randomized_copy(net, ["classifier"], seed=2)
+    assert torch.equal(old.classifier.weight, randomised_copy(net, ["classifier"], seed=2).classifier.weight)
+    assert convvis.randomized_copy is randomized_copy

@@ -4,6 +4,7 @@ import time
 
 import pytest
 import torch
+from torch import nn
 
 import convvis
 import convvis.models as cm
@@ -154,3 +155,45 @@ def test_setup_seeds_reproducibly():
 def test_setup_names_missing_cuda():
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         convvis.setup(device="cuda")
+
+
+# ---- LoadedModel is a module ----------------------------------------------------------------------
+
+
+def test_loaded_model_behaves_as_a_module(net):
+    assert isinstance(net, nn.Module) and not net.training
+    x = convvis.load_image("cat", net)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), net.model(x), rtol=0, atol=0)
+    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in net.model.parameters())
+    assert net.to("cpu") is net and net.eval() is net
+    assert "efficientnet_lite0" in repr(net) and "blocks" not in repr(net)
+    with pytest.raises(TypeError, match="nn.Module"):
+        convvis.LoadedModel("not a module")
+
+
+# ---- the embedded models ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_lite1_and_lite2_load_offline_and_classify(name):
+    import timm
+
+    from convvis.models import _stage_layout, _weights_file
+
+    state = torch.load(_weights_file(name), map_location="cpu", weights_only=True)
+    model = timm.create_model(f"tf_{name}", pretrained=False)
+    mapping = convvis.efficientnet_lite_key_map(list(state), _stage_layout(model))
+    assert set(mapping.values()) == set(model.state_dict()) and len(set(mapping.values())) == len(mapping)
+    net = convvis.load_model(name)
+    size = {"efficientnet_lite1": 240, "efficientnet_lite2": 260}[name]
+    assert net.preprocessing.input_size == size
+    x = convvis.load_images(["cat", "espresso"], net)
+    assert x.shape == (2, 3, size, size)
+    top = [row[0][1] for row in convvis.predict(net, x)]
+    assert top[0] in ("tabby", "tiger cat", "Egyptian cat") and top[1] == "espresso"
+
+
+def test_unknown_model_names_the_offline_ones():
+    with pytest.raises(ValueError, match="efficientnet_lite0, efficientnet_lite1, efficientnet_lite2"):
+        convvis.load_model("efficientnet_lite7")

@@ -9,8 +9,6 @@ from convvis.saliency import (
     gradient_x_input,
     integrated_gradients,
     last_conv_layer,
-    parameter_layers,
-    randomized_copy,
     reduce_channels,
     saliency_map,
     smoothgrad,
@@ -130,22 +128,6 @@ def test_grad_cam_on_the_real_model_removes_its_hook(net):
     assert all(not m._forward_hooks for m in net.model.modules())
 
 
-def test_randomized_copy_leaves_the_original_alone(net):
-    layers = parameter_layers(net)
-    assert layers[-1] == "classifier" and layers[0] == "conv_stem"
-    before = {k: v.clone() for k, v in net.model.state_dict().items()}
-    rng = torch.random.get_rng_state()
-    rand = randomized_copy(net, ["classifier", "conv_head"], seed=1)
-    assert torch.equal(torch.random.get_rng_state(), rng)  # the global RNG is untouched
-    assert all(torch.equal(before[k], v) for k, v in net.model.state_dict().items())
-    assert not torch.equal(rand.classifier.weight, net.model.classifier.weight)
-    assert torch.equal(rand.blocks[0][0].conv_dw.weight, net.model.blocks[0][0].conv_dw.weight)
-    again = randomized_copy(net, ["classifier", "conv_head"], seed=1)
-    assert torch.equal(again.classifier.weight, rand.classifier.weight)  # reproducible
-    with pytest.raises(ValueError, match="reset_parameters"):
-        randomized_copy(nn.Sequential(nn.Sequential(nn.Linear(2, 2))), ["0"])
-
-
 def test_saliency_leaves_model_unchanged_even_on_error():
     model = linear_rgb_classifier()
     model[1].weight.requires_grad_(True)
@@ -153,3 +135,24 @@ def test_saliency_leaves_model_unchanged_even_on_error():
         saliency_map(model, torch.zeros(1, 3, 1, 2), target=7)
     assert model[1].weight.requires_grad and model[1].weight.grad is None
     np.testing.assert_array_equal(model[1].weight.detach().numpy()[2], np.full(6, 2.0))
+
+
+# ---- one reduce vocabulary ------------------------------------------------------------------------
+
+
+def test_one_reduce_vocabulary():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 5)).eval()
+    x = torch.rand(1, 3, 4, 4)
+    w = convvis.input_gradient(model, x, 2)
+    torch.testing.assert_close(convvis.saliency_map(model, x, 2, reduce="signed"), w)
+    torch.testing.assert_close(convvis.saliency_map(model, x, 2, reduce="abs"), w.abs())
+    torch.testing.assert_close(convvis.saliency_map(model, x, 2), w.abs().amax(1))
+    torch.testing.assert_close(convvis.gradient_x_input(model, x, 2, reduce="signed"), w * x)
+    ig = convvis.integrated_gradients(model, x, 2, reduce="signed", steps=4)
+    torch.testing.assert_close(ig, w * x)  # linear model: IG from 0 is exactly w * x
+    methods = (convvis.saliency_map, convvis.integrated_gradients, convvis.smoothgrad,
+               convvis.gradient_x_input)
+    for fn in methods:
+        for old in (None, "none"):
+            with pytest.raises(ValueError, match="'abs' for |w| per channel or 'signed'"):
+                fn(model, x, 2, reduce=old)

@@ -238,6 +238,9 @@ def test_localise_runs_the_batch_pipeline(net):
     segs = convvis.localise_images(net, x, [335, 950])
     assert len(segs) == 2 and all(s.mask.shape == (224, 224) for s in segs)
     assert all(s.box is not None for s in segs)
+    with pytest.warns(DeprecationWarning, match="target="):  # the old keyword: same result
+        old = convvis.localise_images(net, x[:1], targets=[335])
+    np.testing.assert_array_equal(old[0].mask, segs[0].mask)
 
 
 def test_baselines_on_the_disk_scene():
@@ -261,3 +264,26 @@ def test_smoothing_the_map_turns_scattered_seeds_into_a_blob():
     smooth = segment(photo, saliency, smooth=3.0).fg_seeds
     purity = lambda m: (m & truth).sum() / m.sum()  # noqa: E731
     assert purity(raw) < 0.7 and purity(smooth) > 0.95
+
+
+# ---- seeds and baselines ------------------------------------------------------------------------
+
+
+def test_seed_counts_are_exact_at_every_size():
+    rng = np.random.default_rng(0)
+    for h in range(1, 23):
+        for w in range(2, 23, 3):
+            s = rng.random((h, w))
+            fg, bg = convvis.seeds_from_saliency(s, 0.95, 0.30)
+            n = h * w
+            # round half up of 5 % and 30 % of n, in integers
+            assert fg.sum() == max(1, (5 * n + 50) // 100), (h, w)
+            assert bg.sum() == max(1, (30 * n + 50) // 100), (h, w)
+            assert s[fg].min() > s[~fg].max()  # the most salient ones
+
+
+def test_grabcut_refuses_an_unknown_seed_mode():
+    pytest.importorskip("cv2")
+    photo = np.random.default_rng(0).random((16, 16, 3))
+    with pytest.raises(ValueError, match="hard_seeds"):
+        convvis.grabcut_mask(photo, np.random.default_rng(1).random((16, 16)), hard_seeds="foregound")

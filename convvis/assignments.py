@@ -15,7 +15,8 @@ Solution regions are marked once, in the chapter notebooks, nbgrader-style::
   docstring above the markers stay), outputs cleared;
 * ``OUT/teacher/<chapter>.ipynb``: the solutions kept, the marker lines removed, outputs cleared.
 
-Chapters default to every notebook under ``chapters/`` that has at least one marked region. Each
+Chapters are notebooks, or the book's chapters by name (``03_saliency``); they default to every
+notebook under ``chapters/`` that has at least one marked region. Each
 edition runs from where it is written as long as ``convvis`` is installed and its photos are found
 (the editable install, or ``$CONVVIS_DATA``); on Colab its first cell installs the book's release.
 Nothing generated belongs in the repository: write OUT outside it (or to an ignored folder).

@@ -24,6 +24,8 @@ left out of the default run because they either compute no gradient (00, the app
 identity between gradients (04: its gradient facts are reference-run facts) or take a minute (02:
 its one cross-pass identity, the softmax rule, has a 1e-2 tolerance); set
 ``CONVVIS_FRAGILITY_CHAPTERS=all`` (or a comma-separated list of chapter stems) to run them.
+``CONVVIS_FRAGILITY_REFERENCE=1`` keeps the reference run a reference run (on a CPU), so that the
+facts measured there are checked under the perturbation too.
 """
 
 from __future__ import annotations
@@ -135,6 +137,14 @@ _convvis.reference_run = _not_the_reference_run
 '''
 
 
+def perturbation_cell() -> str:
+    """PERTURB; with CONVVIS_FRAGILITY_REFERENCE=1 the reference run stays one (on a CPU), so the facts
+    measured there are checked under the perturbation too: do they survive another CPU's last bits?"""
+    if os.environ.get("CONVVIS_FRAGILITY_REFERENCE") == "1":
+        return PERTURB.split("\n\ndef _not_the_reference_run")[0] + "\n"
+    return PERTURB
+
+
 def selected() -> list[str]:
     env = os.environ.get("CONVVIS_FRAGILITY_CHAPTERS", "").strip()
     if not env:
@@ -155,7 +165,8 @@ def perturbed(chapter: str):
         i = hits[0]
         nb.cells.insert(i + 1, nbformat.v4.new_code_cell('_FRAGILITY["on"] = True'))
         nb.cells.insert(i, nbformat.v4.new_code_cell('_FRAGILITY["on"] = False  # rounding-free gradient'))
-    nb.cells.insert(0, nbformat.v4.new_code_cell(PERTURB, metadata={"tags": ["injected-perturbation"]}))
+    first = nbformat.v4.new_code_cell(perturbation_cell(), metadata={"tags": ["injected-perturbation"]})
+    nb.cells.insert(0, first)
     # the perturbation must have reached the gradients the chapter computed
     calls = '_FRAGILITY["grad_calls"] + _FRAGILITY["backward_calls"]'
     check = "" if chapter in NO_GRADIENTS else f"assert {calls} > 0, _FRAGILITY\n"

@@ -18,12 +18,13 @@ with the reason) keep their exact asserts: a GPU cannot change those bits, so th
 paused while they run.
 
 Chapters run here (CI): 03_saliency (the chapter that failed on the H200, and the most comparisons
-between separate passes: maps against gradients) and 05_deconvnet (the most identities, and cheap),
-plus 01_taylor_gradient (gradients against other gradients and finite differences). The others are
-left out of the default run because they either compute no gradient (00, the appendix), assert no
-identity between gradients (04: its gradient facts are reference-run facts) or take a minute (02:
-its one cross-pass identity, the softmax rule, has a 1e-2 tolerance); set
-``CONVVIS_FRAGILITY_CHAPTERS=all`` (or a comma-separated list of chapter stems) to run them.
+between separate passes: maps against gradients) and 05_deconvnet (the most identities, and cheap).
+The others are left out of the default run to keep CI short: 00 and the appendix compute no
+gradient, 04 asserts no identity between gradients (its gradient facts are reference-run facts),
+01's and 02's cross-pass identities already carry stated tolerances (1e-5 and 1e-2 relative), and
+01 and 02 are the slowest chapters under the perturbation. All of them passed it when this test was
+written; set ``CONVVIS_FRAGILITY_CHAPTERS=all`` (or a comma-separated list of chapter stems) to run
+them again.
 ``CONVVIS_FRAGILITY_REFERENCE=1`` keeps the reference run a reference run (on a CPU), so that the
 facts measured there are checked under the perturbation too.
 """
@@ -45,7 +46,7 @@ ULPS = 4  # |delta| <= ULPS * eps of the gradient's dtype
 SEED = 23  # the perturbation's own generator: the chapters' random draws are left as they are
 
 ALL = sorted(p.stem for p in (ROOT / "chapters").glob("[0-9][0-9]_*.ipynb")) + ["performance"]
-DEFAULT = ["01_taylor_gradient", "03_saliency", "05_deconvnet"]
+DEFAULT = ["03_saliency", "05_deconvnet"]
 NO_GRADIENTS = {"00_models_and_images", "performance"}  # nothing to perturb there
 
 # chapter -> [(a line of the cell that computes the gradient, why it is rounding-free)]

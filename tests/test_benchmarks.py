@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-REPORTS = sorted((ROOT / "benchmarks" / "reference").glob("*.json"))
+SAVED = sorted((ROOT / "benchmarks" / "reference").glob("*.json"))
+REPORTS = [p for p in SAVED if "results" in json.loads(p.read_text())]  # benchmarks/run.py's
+FULL = [p for p in REPORTS if not json.loads(p.read_text())["quick"]]
 
 
 def _load(script: str):
@@ -88,10 +90,46 @@ def test_paired_steps_sees_every_step_of_visualise(class_models_bench):
 
 
 def test_there_is_a_saved_report_for_the_appendix():
-    assert REPORTS, "benchmarks/reference/ holds no report: run python benchmarks/run.py --out ..."
+    assert FULL, "benchmarks/reference/ holds no full report: run python benchmarks/run.py --out ..."
+    # the appendix shows a CPU and a GPU side by side
+    assert {json.loads(p.read_text())["device"] for p in REPORTS} >= {"cpu", "cuda"}
 
 
-@pytest.mark.parametrize("path", REPORTS, ids=lambda p: p.name)
+def test_every_saved_report_names_its_commit_and_machine():
+    """The reports record the machine and the date, not the code: provenance.yml gives the commit."""
+    import yaml
+
+    provenance = yaml.safe_load((ROOT / "benchmarks" / "reference" / "provenance.yml").read_text())
+    assert set(provenance) == {p.name for p in SAVED}
+    for name, entry in provenance.items():
+        assert len(str(entry["commit"])) >= 7 and entry["machine"] and entry["how"], name
+        assert json.loads((ROOT / "benchmarks" / "reference" / name).read_text())["date"], name
+
+
+@pytest.mark.parametrize("path", [p for p in REPORTS if p not in FULL], ids=lambda p: p.name)
+def test_quick_report_has_what_the_appendix_shows(path):
+    rep = json.loads(path.read_text())
+    assert rep["date"] and rep["machine"]["platform"] and rep["quick"]
+    res = rep["results"]
+    assert any(k.startswith("batch_") for k in res["saliency"]) and "mixed_precision" in res["saliency"]
+    assert {"batch", "size", "segmentation_size", "exponents"} <= set(res["scaling"])
+    assert "largest_batch" in res["memory"]["saliency"]
+
+
+def test_gpu_localise_and_class_model_reports_have_what_the_appendix_shows():
+    localise = [json.loads(p.read_text()) for p in SAVED if p.name.endswith("-localise.json")]
+    class_models = [json.loads(p.read_text()) for p in SAVED if p.name.endswith("-class_models.json")]
+    assert localise and class_models
+    for rep in localise:
+        assert {"decode_per_process", "saliency", "graph_cut_per_process"} <= set(rep["stages"])
+        keys = {"steady_images_per_s", "wall_s", "peak_rss_bytes"}
+        assert rep["runs"] and all(keys <= set(r) for r in rep["runs"].values())
+    for rep in class_models:
+        assert set(rep["legibility"]) == set(rep["timing"])
+        assert all({"step_s", "ratio"} <= set(t) for t in rep["timing"].values())
+
+
+@pytest.mark.parametrize("path", FULL, ids=lambda p: p.name)
 def test_saved_report_has_what_the_appendix_shows(path, bench):
     rep = json.loads(path.read_text())
     assert rep["date"] and rep["machine"]["platform"] and not rep["quick"]

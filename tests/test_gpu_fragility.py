@@ -49,6 +49,13 @@ ALL = sorted(p.stem for p in (ROOT / "chapters").glob("[0-9][0-9]_*.ipynb")) + [
 DEFAULT = ["03_saliency", "05_deconvnet"]
 NO_GRADIENTS = {"00_models_and_images", "performance"}  # nothing to perturb there
 
+# Smaller parameters where a chapter's CPU time is in work the perturbation does not reach (chapter 3:
+# deletion and insertion curves, SmoothGrad and Integrated Gradients samples), injected after the
+# parameters cell as tests/test_configurations.py does; the run is not the reference run either way.
+FAST: dict[str, dict[str, str]] = {
+    "03_saliency": {"EVAL_STEP": "224 * 32", "SG_SAMPLES": "4", "IG_STEPS": "4"},
+}
+
 # chapter -> [(a line of the cell that computes the gradient, why it is rounding-free)]
 EXACT: dict[str, list[tuple[str, str]]] = {
     "01_taylor_gradient": [
@@ -166,6 +173,10 @@ def perturbed(chapter: str):
         i = hits[0]
         nb.cells.insert(i + 1, nbformat.v4.new_code_cell('_FRAGILITY["on"] = True'))
         nb.cells.insert(i, nbformat.v4.new_code_cell('_FRAGILITY["on"] = False  # rounding-free gradient'))
+    if chapter in FAST:
+        p = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+        overrides = "\n".join(f"{k} = {v}" for k, v in FAST[chapter].items())
+        nb.cells.insert(p + 1, nbformat.v4.new_code_cell(overrides))
     first = nbformat.v4.new_code_cell(perturbation_cell(), metadata={"tags": ["injected-perturbation"]})
     nb.cells.insert(0, first)
     # the perturbation must have reached the gradients the chapter computed

@@ -42,10 +42,47 @@ import argparse
 import copy
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BEGIN", "END", "OTTER_BEGIN", "OTTER_END", "student_source", "teacher_source",
-           "make_editions", "otter_source", "make_otter", "default_chapters", "main"]
+__all__ = ["BEGIN", "END", "OTTER_BEGIN", "OTTER_END", "CHECKER_CALL", "Exercise", "code_cells", "exercises",
+           "student_source", "teacher_source", "make_editions", "otter_source", "make_otter",
+           "default_chapters", "main"]
+
+#: a checker call in a chapter, ``check_x(my_function)``: how an exercise is found
+CHECKER_CALL = re.compile(r"^[ \t]*(check_\w+)\(\s*(\w+)\s*\)", re.M)
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """One exercise: the chapter (notebook stem), its checker and the student's function."""
+
+    chapter: str
+    checker: str
+    function: str
+
+    @property
+    def call(self) -> str:
+        return f"{self.checker}({self.function})"
+
+
+def code_cells(nb: dict) -> list[str]:
+    """The sources of a notebook's code cells, in order."""
+    return ["".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+            for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+def exercises(chapters: list[Path]) -> dict[str, list[Exercise]]:
+    """The exercises of each chapter notebook, by its checker calls, in order: stem -> exercises."""
+    out = {}
+    for path in chapters:
+        nb = json.loads(Path(path).read_text())
+        found = [Exercise(Path(path).stem, m.group(1), m.group(2))
+                 for src in code_cells(nb) for m in CHECKER_CALL.finditer(src)]
+        if found:
+            out[Path(path).stem] = found
+    return out
+
 
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
@@ -238,8 +275,6 @@ def otter_source(chapter: Path, colab: bool = False, tests_url: str | None = Non
     call in the chapter, an exercise uses a name the chapter defines outside its imports, or the
     chapter has no install cell.
     """
-    from .grade import exercises
-
     chapter = Path(chapter)
     nb = json.loads(chapter.read_text())
     cells = nb["cells"]

@@ -50,31 +50,17 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from . import checks, sandbox
-from .assignments import default_chapters
+from .assignments import CHECKER_CALL, Exercise, default_chapters, exercises
 from .runtime import keep_freed_memory
 
 __all__ = ["STATUSES", "Exercise", "Row", "exercises", "grade", "grade_notebook", "summary", "write_csv",
            "main"]
 
 STATUSES = ("passed", "failed", "error", "missing", "timeout", "unparsable")
-_CALL = re.compile(r"^[ \t]*(check_\w+)\(\s*(\w+)\s*\)", re.M)
 _PROXY = {"http_proxy", "https_proxy", "all_proxy", "ftp_proxy", "no_proxy"}
 _STARTUP = 120  # seconds the sandbox and kernel may take to start, beyond --timeout
 _SYMBOL = {"passed": "ok", "failed": "FAIL", "error": "ERR", "missing": "MISS", "timeout": "TIME",
            "unparsable": "PARSE"}
-
-
-@dataclass(frozen=True)
-class Exercise:
-    """One exercise: the chapter (notebook stem), its checker and the student's function."""
-
-    chapter: str
-    checker: str
-    function: str
-
-    @property
-    def call(self) -> str:
-        return f"{self.checker}({self.function})"
 
 
 @dataclass
@@ -86,23 +72,6 @@ class Row:
     message: str
     notebook: str
     sandbox: str = ""
-
-
-def _code_cells(nb: dict) -> list[str]:
-    return ["".join(c["source"]) if isinstance(c["source"], list) else c["source"]
-            for c in nb["cells"] if c["cell_type"] == "code"]
-
-
-def exercises(chapters: list[Path]) -> dict[str, list[Exercise]]:
-    """The exercises of each chapter notebook, by its checker calls, in order: stem -> exercises."""
-    out = {}
-    for path in chapters:
-        nb = json.loads(Path(path).read_text())
-        found = [Exercise(Path(path).stem, m.group(1), m.group(2))
-                 for src in _code_cells(nb) for m in _CALL.finditer(src)]
-        if found:
-            out[Path(path).stem] = found
-    return out
 
 
 def _identify(path: Path, book: dict[str, list[Exercise]]) -> tuple[str, str | None]:
@@ -205,7 +174,7 @@ def grade_notebook(path: Path, book: dict[str, list[Exercise]], timeout: float =
                 for ex in book.get(stem, [])] or [Row(student, "", "", "unparsable", why, str(path), tag)]
     sources = [c.source for c in nb.cells if c.cell_type == "code"]
     if stem is None:  # chapter not in the name: the chapters whose checkers the notebook calls
-        calls = {m.group(1) for src in sources for m in _CALL.finditer(src)}
+        calls = {m.group(1) for src in sources for m in CHECKER_CALL.finditer(src)}
         todo = [ex for exs in book.values() for ex in exs if ex.checker in calls]
         stem = todo[0].chapter if todo else ""
     else:

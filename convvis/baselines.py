@@ -33,7 +33,7 @@ def grabcut_mask(photo: np.ndarray, saliency: np.ndarray | torch.Tensor, iterati
     """OpenCV's GrabCut seeded like :func:`segment`.
 
     The seeds chosen as in :func:`segment` are definite foreground / background as ``hard_seeds``
-    says (one of :data:`convvis.segmentation.HARD_SEEDS`); every other pixel starts as "probably
+    says (one of ``convvis.segmentation.HARD_SEEDS``); every other pixel starts as "probably
     background". Needs ``opencv-python-headless``.
     Returns the (H,W) bool foreground.
     """

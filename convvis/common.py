@@ -454,7 +454,7 @@ def scores_and_targets(
 
 
 def _checked_forward(model, image: torch.Tensor, target: Target, checks: Sequence[Check] = ()):
-    """:func:`scores_and_targets` with its data checks not yet read: ``(scores, target, index,
+    """``common.scores_and_targets`` with its data checks not yet read: ``(scores, target, index,
     checks)``. ``index`` is ``target`` made safe to gather with before the checks are read (a
     tensor's out-of-range values clamped; equal to ``target`` whenever the checks pass);
     ``checks`` (the image's, then the caller's ``checks``, then the scores' and the targets')
@@ -487,7 +487,7 @@ def score_gradient(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The one recipe: d S_c / d (input or a layer's output), for a batch, in one backward pass.
 
-    Runs the checked forward pass (:func:`scores_and_targets`: eval mode, image, unnormalised
+    Runs the checked forward pass (``common.scores_and_targets``: eval mode, image, unnormalised
     scores, ``target``) with the weights frozen, and differentiates the sum of the selected scores.
     Images in an eval-mode batch are independent, so the gradient of the sum is each image's own
     gradient.

@@ -403,7 +403,7 @@ def box_to_input(
 def photo_to_input(photo: np.ndarray, spec: LoadedModel | Preprocessing) -> torch.Tensor:
     """H x W x 3 photo in [0, 1] -> (3,S,S) normalised input: the whole photo resized to S x S.
 
-    The no-crop twin of :func:`load_images`, used by the ILSVRC command (see :mod:`convvis.ilsvrc`):
+    The no-crop twin of :func:`load_images`, used by the ILSVRC command (see ``convvis.ilsvrc``):
     the model's interpolation with antialiasing, then ``(x - mean) / std``.
     """
     prep = preprocessing_of(spec)

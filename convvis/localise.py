@@ -10,7 +10,7 @@ IoU >= 0.5). The summary gives top-1 and top-k localisation error beside the cla
 error (right class among the top k, box ignored), so the share of the error that is
 classification is visible, and prints the published weakly supervised figures next to it.
 
-Input: the whole photo resized to the model's S x S input (no crop; see :mod:`convvis.ilsvrc`),
+Input: the whole photo resized to the model's S x S input (no crop; see ``convvis.ilsvrc``),
 so the box covers the whole photo and maps back by scaling.
 
 Pipeline: a ``DataLoader`` (``loader_workers`` processes decode JPEG + XML) feeds batches to the
@@ -296,7 +296,7 @@ def evaluate(
     ``python -m convvis.localise summary`` gives what one run would. ``batched`` (default: True
     when ``segment_kwargs`` are ones it supports): the dense work of every (photo, class) pair of a
     network batch (seeds, colour models, unaries, pairwise weights once per photo) runs together
-    on the network's device (:func:`convvis.batched_segmentation.prepare_cuts`) and the pool processes run
+    on the network's device (``convvis.batched_segmentation.prepare_cuts``) and the pool processes run
     only the max-flow, largest component and box; False runs :func:`convvis.segment`, the one-photo
     reference, in the pool. The summary counts photos in
     this data set (``limit`` and ``shard`` included) only.

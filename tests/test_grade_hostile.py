@@ -16,6 +16,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from test_grade import RIGHT_RULE
 
 from convvis import sandbox
 from convvis.grade import main
@@ -29,12 +30,6 @@ if not sandbox.available()[0]:
         raise RuntimeError(f"CONVVIS_REQUIRE_SANDBOX is set but {sandbox.available()[1]}")
     pytest.skip(f"no sandbox here: {sandbox.available()[1]}", allow_module_level=True)
 
-RIGHT_RULE = '''def my_relu_backward(x, grad, rule):
-    if rule == "gradient":
-        return grad * (x > 0)
-    if rule == "deconvnet":
-        return grad.clamp(min=0)
-    return grad.clamp(min=0) * (x > 0)'''
 WRONG_RULE = '''def my_relu_backward(x, grad, rule):
     return grad * (x > 0)'''
 CHECK_RULE = "from convvis.checks import check_relu_rule\ncheck_relu_rule(my_relu_backward)"

@@ -767,9 +767,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"convvis benchmarks on {device} ({report['machine']['processor']}, "
           f"{report['machine']['cpu_threads']} threads), quick={args.quick}")
     chosen = args.only or [b for b in BENCHMARKS if not (args.quick and b == "book")]
+    report["seconds"] = {}  # wall time of each benchmark: how long a full run takes (README, appendix)
     for name in chosen:
         print(f"[{name}]", flush=True)
+        t0 = time.perf_counter()
         report["results"][name] = BENCHMARKS[name](net, device, args)
+        report["seconds"][name] = time.perf_counter() - t0
     stem = f"{device.type}-{dt.date.today().isoformat()}{'-quick' if args.quick else ''}"
     out = args.out or ROOT / "results" / f"{stem}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

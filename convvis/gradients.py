@@ -208,15 +208,18 @@ def first_region_boundary(
     iters: int = 50,
     normalize: bool | None = None,
 ) -> tuple[float, float]:
-    """Bracket the first step length at which any rectifier unit changes piece along ``direction``.
+    """Bracket a step length along ``direction`` at which some rectifier unit has changed piece.
 
     Inside the linear region around ``image`` (no unit has switched) a ReLU network is exactly
-    affine, so the first-order Taylor model is exact there; this finds where that stops. Bisection
+    affine, so the first-order Taylor model is exact there; this brackets where that stops. Bisection
     on the unit states of :func:`rectifier_states` between 0 and ``max_eps``.
 
-    Returns ``(lo, hi)`` with no switch at ``lo`` and at least one at ``hi``. Raises ``ValueError``
-    if nothing switches up to ``max_eps``. Use float64 models and images to resolve small steps.
-    ``normalise`` scales ``direction`` to unit L2 norm (``normalize=`` is its deprecated spelling).
+    Returns ``(lo, hi)`` with no switch at ``lo`` and at least one at ``hi``. Bisection does not
+    prove that this is the *first* switch along the way: a unit that switches and switches back
+    between two probes goes unseen (chapter 1 checks its sampled steps below ``lo`` itself).
+    Raises ``ValueError`` if nothing switches up to ``max_eps``. Use float64 models and images to
+    resolve small steps. ``normalise`` scales ``direction`` to unit L2 norm (``normalize=`` is its
+    deprecated spelling).
     """
     normalise = deprecated_argument("first_region_boundary", "normalize", normalize, "normalise", normalise,
                                     True)

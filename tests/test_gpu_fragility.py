@@ -67,6 +67,9 @@ EXACT: dict[str, list[tuple[str, str]]] = {
         ("linear = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 5)).eval()",
          "the gradient of a linear score is the one-hot output gradient times the weight matrix: "
          "every entry is 1 * w plus zeros, exact in any order of summation"),
+        ("per_image = convvis.input_gradient(linear, some_images, target=[0, 1, 2, 3])",
+         "the same linear model, one target per image: each image's gradient is 1 * its class's weight "
+         "row (the cell's other calls are compared only for errors and the model's state)"),
     ],
     "05_deconvnet": [
         ("(grad,) = torch.autograd.grad(Y, X, R)\nunpooled = F.max_unpool2d(",

@@ -702,9 +702,9 @@ def paper_checkpoints(
         ``report`` is JSON-ready: ``model``, ``classes``, ``class_names``, ``lambdas``,
         ``checkpoints``, ``judges``, ``k``, ``lr``, ``optimizer`` and ``rows``, one row per
         (lambda, step count) with per-class lists: ``own`` (``score`` S_c, ``probability`` P_c and
-        ``rank``, 0 = top-1, under ``model``) and ``judges`` (judge name -> ``rank`` and
-        ``probability``). ``images`` maps ``(lam, step)`` to the (N,3,H,W) image in ``model``'s
-        normalised input space, on the CPU.
+        ``rank``, 0 = top-1, under ``model``, and the image's ``norm`` ||I||_2) and ``judges``
+        (judge name -> ``rank`` and ``probability``). ``images`` maps ``(lam, step)`` to the
+        (N,3,H,W) image in ``model``'s normalised input space, on the CPU.
     """
     if not isinstance(model, LoadedModel):
         raise TypeError(f"model must be a convvis.LoadedModel (judging needs its preprocessing), "
@@ -735,7 +735,7 @@ def paper_checkpoints(
             said = legibility(x.to(model.device), t, model, judges=judges, k=k)
             report["rows"].append({
                 "lambda": lam, "step": n,
-                "own": {"score": own[:, 0].tolist(),
+                "own": {"score": own[:, 0].tolist(), "norm": x.flatten(1).norm(dim=1).tolist(),
                         "probability": scores.softmax(1).gather(1, t[:, None])[:, 0].tolist(),
                         "rank": (scores > own).sum(1).tolist()},
                 "judges": {name: {"rank": v.ranks.tolist(), "probability": v.probability.tolist()}

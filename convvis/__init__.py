@@ -41,6 +41,7 @@ from .class_model import (
     RandomRotate,
     RandomScale,
     Result,
+    Snapshots,
     TotalVariation,
     class_model_preset,
     class_model_presets,
@@ -48,6 +49,7 @@ from .class_model import (
     fourier_image,
     legibility,
     legible_preset,
+    paper_checkpoints,
     paper_preset,
     visualise,
 )
@@ -116,7 +118,15 @@ from .models import (
     load_model,
     predict,
 )
-from .plotting import draw_box, overlay, prediction_title, show_images, signed_to_rgb, stretch
+from .plotting import (
+    draw_box,
+    overlay,
+    prediction_title,
+    show_checkpoints,
+    show_images,
+    signed_to_rgb,
+    stretch,
+)
 from .runtime import keep_freed_memory, reference_parameters, reference_run, resolve_device, setup
 from .saliency import (
     REDUCTIONS,
@@ -156,6 +166,7 @@ __all__ = [
     "keep_freed_memory",
     # plotting
     "show_images", "overlay", "draw_box", "prediction_title", "signed_to_rgb", "stretch",
+    "show_checkpoints",
     # shared plumbing
     "Target", "resolve_targets", "frozen_parameters", "capture_output",
     # the gradient as a Taylor model (chapter 1)
@@ -166,7 +177,7 @@ __all__ = [
     "ClassProbability", "L2", "TotalVariation", "PixelImage", "FourierImage", "Jitter", "RandomScale",
     "RandomRotate", "BlurEvery", "History", "Result", "colour_sqrt_cov", "legible_preset",
     "class_model_preset", "class_model_presets", "fourier_image", "RandomAffine", "legibility", "Legibility",
-    "LEGIBILITY_JUDGES",
+    "LEGIBILITY_JUDGES", "Snapshots", "paper_checkpoints",
     # saliency maps and their faithfulness (chapter 3)
     "saliency_map", "reduce_channels", "REDUCTIONS", "smoothgrad", "integrated_gradients",
     "gradient_x_input", "grad_cam", "last_conv_layer", "randomised_copy", "randomisation_cascade",

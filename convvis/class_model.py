@@ -74,6 +74,8 @@ __all__ = [
     "LEGIBILITY_JUDGES",
     "PAPER_LAMBDA",
     "colour_sqrt_cov",
+    "Snapshots",
+    "paper_checkpoints",
 ]
 
 # Our choices for the paper's configuration (the paper states none of them).
@@ -449,6 +451,28 @@ class BlurEvery:
             param.pixels.copy_(x)
 
 
+class Snapshots:
+    """A post-step hook for :func:`visualise` that keeps a copy of the image at given step counts.
+
+    ``steps``: the step counts at which to copy (1 = after the first optimiser step; positive
+    integers, any order, repeats ignored). After the run, ``images`` maps each step count the run
+    reached to the (N,3,H,W) image at that point, on the CPU, in normalised input space (what
+    ``Result.image`` would have been, had the run stopped there). It changes nothing in the run.
+    """
+
+    def __init__(self, steps: Sequence[int]):
+        steps = list(steps)
+        if not steps or any(isinstance(n, bool) or int(n) != n or n < 1 for n in steps):
+            raise ValueError(f"Snapshots needs positive integer step counts, got {steps!r}")
+        self.steps = tuple(sorted({int(n) for n in steps}))
+        self.images: dict[int, torch.Tensor] = {}
+
+    def __call__(self, param: nn.Module, step: int) -> None:
+        if step + 1 in self.steps:  # visualise counts steps from 0; a step count from 1
+            with torch.no_grad():
+                self.images[step + 1] = param().detach().cpu().clone()
+
+
 # ---- the loop -----------------------------------------------------------------------------------
 
 
@@ -641,6 +665,86 @@ def paper_preset(lam: float = PAPER_LAMBDA) -> dict:
             "lr": PAPER_LR, "steps": PAPER_STEPS}
 
 
+def paper_checkpoints(
+    model: LoadedModel,
+    target: Target,
+    lambdas: Sequence[float],
+    checkpoints: Sequence[int],
+    judges: Sequence = LEGIBILITY_JUDGES,
+    k: int = 5,
+    progress: bool = False,
+) -> tuple[dict, dict]:
+    """Eq. 1 with the paper preset, run long, for several lambdas, judged at several step counts.
+
+    For each lambda one :func:`visualise` call with ``paper_preset(lam)`` (unnormalised score, L2
+    penalty, zero start, plain gradient ascent with step ``PAPER_LR``) and ``max(checkpoints)``
+    steps, all targets in one batch; :class:`Snapshots` keeps the images at the checkpoints. Each
+    kept image is then scored by ``model`` itself and judged by :func:`legibility`.
+
+    Parameters
+    ----------
+    model:
+        The :class:`convvis.LoadedModel` to make the images on.
+    target:
+        The classes, as for :func:`visualise` (N,).
+    lambdas:
+        The L2 weights, each >= 0.
+    checkpoints:
+        Step counts (positive integers) at which the images are scored and judged.
+    judges, k:
+        As for :func:`legibility` (names or loaded models; not ``model``).
+    progress:
+        Show a progress bar per lambda.
+
+    Returns
+    -------
+    (report, images)
+        ``report`` is JSON-ready: ``model``, ``classes``, ``class_names``, ``lambdas``,
+        ``checkpoints``, ``judges``, ``k``, ``lr``, ``optimizer`` and ``rows``, one row per
+        (lambda, step count) with per-class lists: ``own`` (``score`` S_c, ``probability`` P_c and
+        ``rank``, 0 = top-1, under ``model``, and the image's ``norm`` ||I||_2) and ``judges``
+        (judge name -> ``rank`` and ``probability``). ``images`` maps ``(lam, step)`` to the
+        (N,3,H,W) image in ``model``'s normalised input space, on the CPU.
+    """
+    if not isinstance(model, LoadedModel):
+        raise TypeError(f"model must be a convvis.LoadedModel (judging needs its preprocessing), "
+                        f"got {type(model).__name__}")
+    lambdas = [float(lam) for lam in lambdas]
+    if not lambdas or any(not math.isfinite(lam) or lam < 0 for lam in lambdas):
+        raise ValueError(f"lambdas must be finite and >= 0, got {lambdas!r}")
+    snap = Snapshots(checkpoints)  # checks the step counts
+    judges = [j if isinstance(j, LoadedModel) else load_model(j, device=model.device) for j in judges]
+    module = as_module(model)
+    t = resolve_targets(target, num_classes=num_classes_of(model), class_names=class_names_of(model),
+                        device="cpu")
+    settings = paper_preset()
+    report = {"model": model.name, "classes": t.tolist(),
+              "class_names": [model.class_names[int(c)] for c in t] if model.class_names else None,
+              "lambdas": lambdas, "checkpoints": list(snap.steps), "judges": [j.name for j in judges],
+              "k": int(k), "lr": settings["lr"], "optimizer": settings["optimizer"], "rows": []}
+    images: dict[tuple[float, int], torch.Tensor] = {}
+    for lam in lambdas:
+        snap = Snapshots(report["checkpoints"])
+        visualise(model, t, **{**paper_preset(lam), "steps": max(snap.steps), "post_step": (snap,)},
+                  progress=progress)
+        for n in snap.steps:
+            x = snap.images[n]
+            with torch.no_grad():
+                scores = module(x.to(model.device)).float().cpu()
+            own = scores.gather(1, t[:, None])
+            said = legibility(x.to(model.device), t, model, judges=judges, k=k)
+            report["rows"].append({
+                "lambda": lam, "step": n,
+                "own": {"score": own[:, 0].tolist(), "norm": x.flatten(1).norm(dim=1).tolist(),
+                        "probability": scores.softmax(1).gather(1, t[:, None])[:, 0].tolist(),
+                        "rank": (scores > own).sum(1).tolist()},
+                "judges": {name: {"rank": v.ranks.tolist(), "probability": v.probability.tolist()}
+                           for name, v in said.items()},
+            })
+            images[lam, n] = x
+    return report, images
+
+
 def legible_preset(lam: float = LEGIBLE_LAMBDA) -> dict:
     """Class models a person can recognise: lucent's priors, as keyword arguments for :func:`visualise`.
 
@@ -689,14 +793,16 @@ class Legibility:
     """How one judge classifies a batch of class models.
 
     ``ranks``: (N,) rank of each image's target class among the judge's scores (0 = top-1);
-    ``predicted``: (N,) the judge's top-1 class for each image; ``top1`` and ``topk``: the
-    fractions of images with rank 0 and rank < ``k``.
+    ``predicted``: (N,) the judge's top-1 class for each image; ``probability``: (N,) the judge's
+    softmax probability of each image's target class, in [0, 1] (``None`` when not recorded);
+    ``top1`` and ``topk``: the fractions of images with rank 0 and rank < ``k``.
     """
 
     judge: str
     ranks: np.ndarray
     k: int
     predicted: np.ndarray
+    probability: np.ndarray | None = None
 
     @property
     def top1(self) -> float:
@@ -744,7 +850,8 @@ def legibility(
     Returns
     -------
     dict
-        Judge name -> :class:`Legibility` (``.top1``, ``.topk``, ``.ranks``, ``.predicted``).
+        Judge name -> :class:`Legibility` (``.top1``, ``.topk``, ``.ranks``, ``.predicted``,
+        ``.probability``).
     """
     target = deprecated_argument("legibility", "targets", targets, "target", target)
     check_image(images)
@@ -771,7 +878,8 @@ def legibility(
             scores = as_module(net)(x.to(net.device)).float().cpu()
         target_score = scores.gather(1, t[:, None])
         ranks = (scores > target_score).sum(1).numpy()
-        out[net.name] = Legibility(net.name, ranks, int(k), scores.argmax(1).numpy())
+        probability = scores.softmax(1).gather(1, t[:, None])[:, 0].numpy()
+        out[net.name] = Legibility(net.name, ranks, int(k), scores.argmax(1).numpy(), probability)
     return out
 
 

@@ -7,8 +7,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .images import deprocess
+from .loaded_model import LoadedModel
+
 __all__ = [
     "show_images", "overlay", "draw_box", "prediction_title", "to_display", "signed_to_rgb", "stretch",
+    "show_checkpoints",
 ]
 
 
@@ -145,3 +149,37 @@ def stretch(image: np.ndarray | torch.Tensor, low: float = 1.0, high: float = 99
         return np.stack([stretch(v, low, high) for v in x])
     lo, hi = np.percentile(x, low), np.percentile(x, high)
     return np.clip((x - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(x)
+
+
+def show_checkpoints(report: dict, images: dict, model: LoadedModel, step: int | None = None):
+    """The images of :func:`convvis.paper_checkpoints` at one step count: a row per lambda, a column
+    per class; returns the matplotlib figure.
+
+    Each panel is contrast-stretched (:func:`stretch`; the judges saw the images unstretched) and
+    titled with the judges' ranks of its class, 1 being a judge's top class. ``step``: one of
+    ``report["checkpoints"]`` (default the last). ``model``: the network the images were made on
+    (its preprocessing undoes the normalisation).
+    """
+    import matplotlib.pyplot as plt
+
+    step = report["checkpoints"][-1] if step is None else step
+    if step not in report["checkpoints"]:
+        raise ValueError(f"step {step} is not one of the report's checkpoints {report['checkpoints']}")
+    lambdas, names = report["lambdas"], report["class_names"] or [str(c) for c in report["classes"]]
+    rows = {(r["lambda"], r["step"]): r for r in report["rows"]}
+    ncols = len(report["classes"])
+    fig, axes = plt.subplots(len(lambdas), ncols, figsize=(2.5 * ncols, 2.75 * len(lambdas)), squeeze=False)
+    for i, lam in enumerate(lambdas):
+        shown = stretch(deprocess(images[lam, step], model))
+        for k in range(ncols):
+            ax = axes[i, k]
+            ax.imshow(shown[k])
+            judged = rows[lam, step]["judges"]
+            ranks = ", ".join(f"{j.split('_')[-1]}: {v['rank'][k] + 1}" for j, v in judged.items())
+            ax.set_title(f"{names[k][:18]}\nrank {ranks}", fontsize=8.5)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[i, 0].set_ylabel(f"λ = {lam:g}", fontsize=10)
+    fig.suptitle(f"Eq. 1 (paper preset) on {report['model']}, {step} steps", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    return fig

@@ -175,3 +175,16 @@ def test_fault_benchmark_pools_runs_and_compares_map_hashes(bench, monkeypatch):
     assert one["speedup_saliency"] == pytest.approx(2) and one["peak_rss_ratio"] == pytest.approx(1.1)
     assert one["kept"]["saliency"]["minor_faults_per_image"] == 0
     assert one["maps_identical"] and not out["batch_2"]["maps_identical"]
+
+
+def test_saved_long_eq1_run_covers_its_grid_and_has_its_figure():
+    """benchmarks/eq1_long.py's report (chapter 2 reads it and shows the PNG beside it)."""
+    for path in [p for p in SAVED if p.name.endswith("-eq1_long.json")]:
+        rep = json.loads(path.read_text())
+        assert path.with_suffix(".png").is_file(), path.name
+        grid = [(lam, n) for lam in rep["lambdas"] for n in rep["checkpoints"]]
+        assert [(r["lambda"], r["step"]) for r in rep["rows"]] == grid
+        for r in rep["rows"]:
+            assert set(r["judges"]) == set(rep["judges"]) and len(rep["judges"]) == 2
+            for v in (r["own"], *r["judges"].values()):
+                assert len(v["rank"]) == len(v["probability"]) == len(rep["classes"])

@@ -302,3 +302,62 @@ def test_legibility_refuses_bad_input():
     bad[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         convvis.legibility(bad, [1, 2], net, judges=[judge])
+
+
+def test_legibility_records_each_judges_probability_of_the_class():
+    source = convvis.load_model("efficientnet_lite0")
+    judge = convvis.LoadedModel(_FixedJudge().eval(), name="fixed")
+    order = (torch.arange(1000) * 7919 % 1000).float()
+    leg = convvis.legibility(torch.zeros(2, 3, 224, 224), [3, 17], source, judges=[judge])["fixed"]
+    np.testing.assert_allclose(leg.probability, order.softmax(0)[[3, 17]].numpy(), rtol=1e-5)
+
+
+def test_snapshots_keep_the_image_at_each_step_count():
+    model = linear_model()
+    objective = ClassScore() - 0.1 * L2()
+    snap = convvis.Snapshots([5, 2, 2])
+    assert snap.steps == (2, 5)
+    full = visualise(model, [1, 3], objective, size=4, steps=5, lr=0.1, post_step=(snap,), progress=False)
+    short = visualise(model, [1, 3], objective, size=4, steps=2, lr=0.1, progress=False)
+    assert sorted(snap.images) == [2, 5]
+    # separate runs: equal to float rounding (the same operations in the same order on a CPU)
+    torch.testing.assert_close(snap.images[5], full.image, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(snap.images[2], short.image, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(snap.images[2], snap.images[5])  # a copy, not the live parameter
+    for bad in ([], [0], [2.5], [True]):
+        with pytest.raises(ValueError, match="positive integer"):
+            convvis.Snapshots(bad)
+
+
+def _tiny_source():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 8, stride=8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 10)).eval()
+    return convvis.LoadedModel(net, name="tiny", class_names=[f"c{k}" for k in range(10)])
+
+
+def test_paper_checkpoints_runs_the_paper_preset_and_judges_each_checkpoint():
+    source, judge = _tiny_source(), convvis.LoadedModel(_FixedJudge().eval(), name="fixed")
+    report, images = convvis.paper_checkpoints(source, [1, 7], [1e-3, 1e-1], [3, 1], judges=[judge])
+    assert report["checkpoints"] == [1, 3] and report["judges"] == ["fixed"]
+    assert report["class_names"] == ["c1", "c7"] and report["optimizer"] == "sgd"
+    assert [(r["lambda"], r["step"]) for r in report["rows"]] == [(1e-3, 1), (1e-3, 3), (1e-1, 1), (1e-1, 3)]
+    for lam in (1e-3, 1e-1):
+        run = visualise(source, [1, 7], **{**paper_preset(lam), "steps": 3}, progress=False)
+        torch.testing.assert_close(images[lam, 3], run.image, rtol=1e-5, atol=1e-6)
+    for row in report["rows"]:
+        x = images[row["lambda"], row["step"]]
+        with torch.no_grad():
+            scores = source.model(x)
+        np.testing.assert_allclose(row["own"]["score"], scores[:, [1, 7]].diagonal().numpy(), rtol=1e-5)
+        np.testing.assert_allclose(row["own"]["norm"], x.flatten(1).norm(dim=1).numpy(), rtol=1e-6)
+        said = convvis.legibility(x, [1, 7], source, judges=[judge])["fixed"]
+        assert row["judges"]["fixed"]["rank"] == said.ranks.tolist()
+    fig = convvis.show_checkpoints(report, images, source)
+    assert len(fig.axes) == 4 and fig.axes[0].get_title().startswith("c1\nrank fixed: ")
+    with pytest.raises(ValueError, match="not one of the report's checkpoints"):
+        convvis.show_checkpoints(report, images, source, step=2)
+    with pytest.raises(ValueError, match="lambdas"):
+        convvis.paper_checkpoints(source, [1], [-1.0], [2], judges=[judge])
+    with pytest.raises(TypeError, match="LoadedModel"):
+        convvis.paper_checkpoints(source.model, [1], [1e-3], [2], judges=[judge])

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import convvis
 from convvis import frozen_parameters
@@ -185,9 +186,20 @@ def _saliency_at(net, model_default, x, t, device, args) -> dict:
     if Saliency is not None:
         peer = Saliency(model_default)  # as a user would call it, on the model as loaded
         fns["captum_default_layout"] = lambda: peer.attribute(x.clone(), target=t.tolist(), abs=True).amax(1)
+    if device.type == "cuda":
+        # load_model stores channels-last weights, which a CPU runs faster; on the H200 the floor
+        # in that layout took 1.06x (batch 1) and 1.10x (batch 8) the default layout's time
+        # (benchmarks/reference/h200-2026-12-04-run.json), and captum runs the default layout
+        xd = x.contiguous()
+        fns["ours_default_layout"] = lambda: saliency_map(model_default, xd, t)
     r = measure(fns, device, args.repeats)
     if Saliency is not None:
         r["ratio_to_captum"] = ratio(r["ours"], r["captum_default_layout"])
+        if "ours_default_layout" in r:
+            r["ratio_default_layout_to_captum"] = ratio(r["ours_default_layout"], r["captum_default_layout"])
+    if "ours_default_layout" in r:
+        r["ratio_default_layout_to_floor_default_layout"] = ratio(r["ours_default_layout"],
+                                                                  r["floor_default_layout"])
     r["ratio_to_floor_default_layout"] = ratio(r["ours"], r["floor_default_layout"])
     r["ratio_to_floor_channels_last"] = ratio(r["ours"], r["floor_channels_last"])
     r["images_per_s"] = x.shape[0] / r["ours"]["median"]
@@ -237,7 +249,12 @@ def bench_saliency(net, device, args) -> dict:
         print(f"  saliency, batch {bs:3d}: ours / floor (default layout) "
               f"{r['ratio_to_floor_default_layout']:.2f}, / floor (channels-last) "
               f"{r['ratio_to_floor_channels_last']:.2f}"
-              + (f", / captum {r['ratio_to_captum']:.2f}" if "ratio_to_captum" in r else ""), flush=True)
+              + (f", / captum {r['ratio_to_captum']:.2f}" if "ratio_to_captum" in r else "")
+              + (f"; in the default layout: / its floor "
+                 f"{r['ratio_default_layout_to_floor_default_layout']:.2f}"
+                 if "ours_default_layout" in r else "")
+              + (f", / captum {r['ratio_default_layout_to_captum']:.2f}"
+                 if "ratio_default_layout_to_captum" in r else ""), flush=True)
     x, t = _batch(net, photos, 8)
     m = out["mixed_precision"] = mixed_precision_check(net, x, t, device, args)
     print(f"  saliency under autocast ({m['dtype']}), batch 8: time / float32 "
@@ -661,6 +678,99 @@ def bench_book(net, device, args) -> dict:
     return {"seconds": out, "total_seconds": total}
 
 
+class _OpCounter(TorchDispatchMode):
+    """Counts the torch operations dispatched inside the block (forward and backward alike)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _ops(fn: Callable[[], object]) -> int:
+    with _OpCounter() as c:
+        fn()
+    return c.ops
+
+
+def bench_host(net, device, args) -> dict:
+    """What each hot path adds to its bare passes on the host: torch operations and time per call.
+
+    At small batches a GPU waits for its host: every torch operation is issued by the CPU, one
+    dispatch and one kernel launch each, and the device finishes it sooner than the next one comes.
+    There a call costs what its host work costs, and whatever a method adds to the bare passes
+    (checks, selection, bookkeeping) shows up in full. This benchmark measures that host work where
+    the arithmetic is negligible: Lite0 on a ``--host-size`` image (default 32 x 32), batch 1, on
+    one CPU thread (on a GPU, on the device as is). Per hot path, for ours and the bare passes:
+
+    - the torch operations dispatched per call (exact: counted, the same on every machine);
+    - the median time per call, ours and bare interleaved (``measure``), and their difference:
+      the host time a call adds.
+
+    Hot paths: ``saliency_map`` against a forward+backward; a deletion curve against the bare
+    forward passes of its chunks (per chunk); a class-model step (paper preset) against a
+    forward+backward. Host reads are not counted here: tests/test_host_reads.py holds each hot
+    path to at most one per call.
+    """
+    from convvis.class_model import paper_preset, visualise
+
+    size, steps, chunk = args.host_size, 10, args.chunk
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # the dispatch cost alone, not a thread pool's hand-offs
+    try:
+        x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+        x = x.contiguous(memory_format=torch.channels_last)
+        t = torch.tensor([3], device=device)
+        sal = saliency_map(net, x, t)
+        protocol = with_steps("rise", pixels_per_step=max(1, size * size // 32))
+        n_points = -(-(size * size) // protocol.step_size(size * size)) + 1
+        n_chunks = -(-n_points // chunk)
+        chunk_x = x.expand(chunk, -1, -1, -1).contiguous(memory_format=torch.channels_last)
+
+        def bare_forwards():
+            with torch.no_grad():
+                for _ in range(n_chunks):
+                    net.model(chunk_x)
+
+        def steps_floor():
+            for _ in range(steps):
+                forward_backward(net.model, x, t)
+
+        paths = {
+            "saliency_map": (lambda: saliency_map(net, x, t), lambda: forward_backward(net.model, x, t), 1),
+            "deletion_chunk": (lambda: perturbation_curve(net, x, sal, t, "deletion", protocol, chunk=chunk),
+                               bare_forwards, n_chunks),
+            "class_model_step": (lambda: visualise(net, [3], **{**paper_preset(), "steps": steps}, size=size,
+                                                   progress=False), steps_floor, steps),
+        }
+        out: dict = {"image_size": size, "device": str(device), "cpu_threads": torch.get_num_threads(),
+                     "method": "Lite0, batch 1, tiny image: the host's work per call; ops counted by a "
+                               "TorchDispatchMode, times interleaved (median)"}
+        for name, (ours, bare, per) in paths.items():
+            r = measure({"ours": ours, "bare": bare}, device, max(args.repeats, 15), warmup=2)
+            ops_ours, ops_bare = _ops(ours), _ops(bare)
+            r.update({
+                "calls_per_run": per,
+                "ops_per_call": {"ours": ops_ours / per, "bare": ops_bare / per},
+                "extra_ops_per_call": (ops_ours - ops_bare) / per,
+                "extra_ms_per_call": 1000 * (r["ours"]["median"] - r["bare"]["median"]) / per,
+                "ratio": ratio(r["ours"], r["bare"]),
+            })
+            out[name] = r
+            print(f"  host work, {name:16s}: {ops_ours / per:6.1f} ops per call vs "
+                  f"{ops_bare / per:6.1f} bare (+{r['extra_ops_per_call']:.1f}); "
+                  f"{1000 * r['ours']['median'] / per:6.2f} ms vs {1000 * r['bare']['median'] / per:6.2f} ms "
+                  f"per call (+{r['extra_ms_per_call']:.2f} ms, "
+                  f"x{r['ratio']:.3f})", flush=True)
+        return out
+    finally:
+        torch.set_num_threads(threads)
+
+
 BENCHMARKS: dict[str, Callable] = {
     "saliency": bench_saliency,
     "deletion": bench_deletion,
@@ -669,6 +779,7 @@ BENCHMARKS: dict[str, Callable] = {
     "scaling": bench_scaling,
     "memory": bench_memory,
     "faults": bench_faults,
+    "host": bench_host,
     "book": bench_book,  # full runs only (minutes): not part of --quick unless named in --only
 }
 
@@ -693,6 +804,9 @@ def summary(report: dict) -> str:
     for bs, r in res.get("class_model", {}).items():
         rows.append((f"class-model step, {bs.replace('_', ' ')}", "/ forward+backward",
                      r["ratio_step_to_forward_backward"]))
+    for name, r in res.get("host", {}).items():
+        if isinstance(r, dict) and "ratio" in r:
+            rows.append((f"host work, {name.replace('_', ' ')} (tiny image)", "/ bare passes", r["ratio"]))
     if "segmentation" in res:
         rows.append(("graph-cut pipeline, per photo", "/ OpenCV GrabCut",
                      res["segmentation"]["ratio_to_grabcut"]))
@@ -740,6 +854,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="batch sizes of the page-fault benchmark (default 1 8 16 32 80)")
     p.add_argument("--fault-pairs", type=int, default=None,
                    help="fresh-process pairs (released, kept) per batch in the page-fault benchmark")
+    p.add_argument("--host-size", type=int, default=32,
+                   help="image side of the host-work benchmark (small: the arithmetic is negligible)")
     p.add_argument("--memory-probe", nargs=2, metavar=("KIND", "BATCH"), help=argparse.SUPPRESS)
     p.add_argument("--faults-probe", nargs=2, metavar=("SIDE", "BATCH"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)

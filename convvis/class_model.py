@@ -607,6 +607,26 @@ def visualise(
     else:
         raise ValueError(f"optimizer must be 'sgd' or 'adam', not {optimizer!r}")
     recorded: dict[str, list[torch.Tensor]] = {name: [] for name in History.__dataclass_fields__}
+    block: dict[str, list[torch.Tensor]] = {"scores": [], "objective": [], "norm": []}
+
+    def summarise():
+        """The history of the steps in ``block``, computed for all of them at once (fewer, larger
+        operations: each one is a kernel launch the host must issue on a GPU); kept on the device."""
+        if not block["scores"]:
+            return
+        scores = torch.stack(block["scores"])  # (steps, N, K)
+        index = t.view(1, -1, 1).expand(scores.shape[0], -1, 1)
+        s = scores.gather(2, index)[..., 0]
+        others = scores.scatter(2, index, float("-inf"))
+        for name, v in (("objective", torch.stack(block["objective"])), ("score", s),
+                        ("probability", scores.softmax(2).gather(2, index)[..., 0]),
+                        ("norm", torch.stack(block["norm"])),
+                        ("other_scores", (scores.sum(2) - s) / (scores.shape[2] - 1)),
+                        ("lse_others", torch.logsumexp(others, dim=2))):
+            recorded[name].append(v)
+        for v in block.values():
+            v.clear()
+
     with frozen_parameters(module):
         for step in tqdm(range(steps), disable=not progress, desc="class models", leave=False):
             image = param()
@@ -621,24 +641,28 @@ def visualise(
             for hook in post_step:
                 hook(param, step)
             with torch.no_grad():  # recorded on the device; read back once, after the last step
-                s = scores.gather(1, t[:, None])[:, 0]
-                others = scores.scatter(1, t[:, None], float("-inf"))
-                for name, v in (("objective", value.detach()), ("score", s),
-                                ("probability", scores.softmax(1).gather(1, t[:, None])[:, 0]),
-                                ("norm", image.detach().flatten(1).norm(dim=1)),
-                                ("other_scores", (scores.sum(1) - s) / (scores.shape[1] - 1)),
-                                ("lse_others", torch.logsumexp(others, dim=1))):
-                    recorded[name].append(v)
+                block["scores"].append(scores.detach())
+                block["objective"].append(value.detach())
+                block["norm"].append(image.detach().flatten(1).norm(dim=1))
+                if len(block["scores"]) == _HISTORY_BLOCK:
+                    summarise()
+        with torch.no_grad():
+            summarise()
     with torch.no_grad():
         final = param().detach()
     hist = History(**_read_back(recorded))
     return Result(final, t.cpu(), hist.as_arrays(), repr(objective))
 
 
+#: Steps whose history ``visualise`` summarises together: enough to make the summaries' operations
+#: rare, few enough that the scores kept meanwhile stay small (64 x N x classes floats).
+_HISTORY_BLOCK = 64
+
+
 def _read_back(recorded: dict[str, list[torch.Tensor]]) -> dict[str, list[np.ndarray]]:
-    """Per-step (N,) tensors -> per-step NumPy arrays, read from the device in one go when their
-    dtypes and devices agree (they do for a model's scores), else one read per series."""
-    series = {k: torch.stack(v) for k, v in recorded.items()}  # (steps, N) each
+    """Blocks of (steps, N) tensors -> per-step NumPy arrays, read from the device in one go when
+    their dtypes and devices agree (they do for a model's scores), else one read per series."""
+    series = {k: torch.cat(v) for k, v in recorded.items()}  # (steps, N) each, from (block, N) blocks
     if len({(v.dtype, v.device) for v in series.values()}) == 1:
         values = torch.stack(list(series.values())).cpu().numpy()  # (series, steps, N): one read
         return {k: list(values[i]) for i, k in enumerate(series)}

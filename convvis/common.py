@@ -200,9 +200,12 @@ def _scores_unnormalised(scores: torch.Tensor) -> Check:
         return False, fail
     with torch.no_grad():
         s = scores.detach()
-        # torch.allclose(s.sum(1), 1, atol=1e-3) is isclose(...).all(), kept on the device
-        sums_to_one = torch.isclose(s.sum(1), torch.ones_like(s[:, 0]), atol=1e-3).all()
-        flag = (s.min() >= 0) & (s.max() <= 1) & sums_to_one
+        # torch.allclose(s.sum(1), 1, atol=1e-3), i.e. |sum - 1| <= atol + rtol * 1 (False for a
+        # NaN, as allclose), written out: torch.isclose dispatches three times as many operations,
+        # each a kernel launch the host must issue on a GPU
+        sums_to_one = ((s.sum(1) - 1).abs() <= 1e-3 + 1e-5).all()
+        low, high = torch.aminmax(s)
+        flag = (low >= 0) & (high <= 1) & sums_to_one
     return flag, fail
 
 
@@ -459,15 +462,45 @@ def _checked_forward(model, image: torch.Tensor, target: Target, checks: Sequenc
     tensor's out-of-range values clamped; equal to ``target`` whenever the checks pass);
     ``checks`` (the image's, then the caller's ``checks``, then the scores' and the targets')
     must go to :func:`_settle` before any result is used."""
+    pending = input_checks(model, image, checks)
+    scores = as_module(model)(image)
+    t, index = checked_targets(scores, target, pending, class_names=class_names_of(model))
+    return scores, t, index, pending
+
+
+def input_checks(model, image, checks: Sequence[Check] = ()) -> list[Check]:
+    """The checks :func:`scores_and_targets` makes before its forward pass, for a caller that runs
+    the model itself. What the host knows is checked now (eval mode; the image is an (N,C,H,W)
+    float tensor with the model's dtype, device and channels); the checks of data (finite pixels,
+    then the caller's ``checks``) are returned unread, for one :func:`settle` later."""
     module = as_module(model)
     check_eval_mode(module)
     _check_image_form(image)
     _check_image_fits(image, module)
-    pending = [_image_finite(image), *checks]
-    scores = module(image)
+    return [_image_finite(image), *checks]
+
+
+def checked_targets(
+    scores: torch.Tensor,
+    target: Target,
+    pending: list[Check],
+    *,
+    n: int | None = None,
+    class_names: Sequence[str] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``target`` resolved against model outputs ``scores`` (N', K): ``(target, index)``, (n,) each.
+
+    Appends to ``pending`` the check that ``scores`` are unnormalised and, for a tensor of targets,
+    that its values lie in [0, K); ``index`` is ``target`` clamped into range, safe to gather with
+    before ``pending`` is read (equal to ``target`` whenever the checks pass). ``n`` (default N')
+    is the number of images: ``scores`` need not be the images' own outputs when ``target`` is
+    given (only their class count K and device are used, and they are checked for softmax), while
+    ``target=None`` takes each image's top-1 class, so ``scores`` must then be theirs. A target
+    the host can refuse raises at once, after ``pending`` is read (a bad pixel is reported first).
+    """
     pending.append(_scores_unnormalised(scores))
     try:
-        t, in_range = _resolve_targets(target, scores, class_names=class_names_of(model))
+        t, in_range = _resolve_targets(target, scores, n=n, class_names=class_names)
     except (TypeError, ValueError, IndexError):
         settle(pending)  # a bad pixel or softmax scores are reported first, as before any target
         raise
@@ -475,7 +508,7 @@ def _checked_forward(model, image: torch.Tensor, target: Target, checks: Sequenc
     if in_range is not None:
         pending.append(in_range)
         index = t.clamp(0, scores.shape[1] - 1)  # an index out of range would abort a GPU kernel
-    return scores, t, index, pending
+    return t, index
 
 
 def score_gradient(

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .common import Target, as_module, scores_and_targets
+from .common import Target, as_module, checked_targets, class_names_of, input_checks, settle
 from .saliency import fixed_targets, saliency_map
 
 __all__ = [
@@ -142,10 +142,13 @@ def perturbation_curve(
     """The deletion or insertion curve of each image: (N, S+1) scores, point k after k steps.
 
     ``image`` (N,C,H,W); ``saliency`` (N,H,W) at the same resolution (higher = more important).
-    ``target`` defaults to each image's top-1 class on the unperturbed image. The perturbed copies
-    go through the network ``chunk`` at a time, whichever images and steps they come from, so
-    memory stays bounded by ``chunk`` images whatever N and S are. ``progress`` shows a bar over
-    the chunks.
+    ``target`` defaults to each image's top-1 class on the unperturbed image, which costs one more
+    forward pass of the images. Given ``target``, the curve runs only its own passes: the model's
+    outputs are checked (unnormalised, ``target`` in range) on the first chunk's. The perturbed
+    copies go through the network ``chunk`` at a time, whichever images and steps they come from,
+    so memory stays bounded by ``chunk`` images whatever N and S are. ``progress`` shows a bar
+    over the chunks. Reads the device twice: every check once, after the first chunk is queued,
+    and the finished curve.
     """
     if mode not in ("deletion", "insertion"):
         raise ValueError(f"mode must be 'deletion' or 'insertion', not {mode!r}")
@@ -165,10 +168,13 @@ def perturbation_curve(
     matches = tuple(saliency.shape) == (n, h, w)
     saliency_checks = [(not matches, wrong_shape),
                        (~torch.isfinite(saliency).all() if matches else False, not_finite)]
+    names = class_names_of(model)
     with torch.no_grad():
-        # one read for every check (the image's, the saliency map's, the scores', the targets')
-        # before the first chunk; none per chunk, and one for the whole curve at the end
-        _, t = scores_and_targets(model, image, target, checks=saliency_checks)
+        pending = input_checks(model, image, saliency_checks)
+        if not matches:  # known on the host: nothing below can run
+            settle(pending)
+        if target is None:  # the top-1 class needs the unperturbed images' own scores
+            t, index = checked_targets(module(image), None, pending, class_names=names)
         image = image.detach()
         step = p.step_size(h * w)
         n_points = -(-(h * w) // step) + 1
@@ -186,8 +192,14 @@ def perturbation_curve(
             else:
                 batch = torch.where(changed, image[img_i], substrate[img_i])
             logits = module(batch.contiguous(memory_format=torch.channels_last))
+            if out is None:
+                if target is not None:  # checked on this chunk's outputs: no pass of its own
+                    t, index = checked_targets(logits, target, pending, n=n, class_names=names)
+                # one read for every check (the image's, the saliency map's, the outputs', the
+                # targets'), after the first chunk is queued; none for the other chunks
+                settle(pending)
             vals = logits.softmax(dim=1) if p.score == "probability" else logits
-            picked = vals.gather(1, t[img_i][:, None])[:, 0]
+            picked = vals.gather(1, index[img_i][:, None])[:, 0]
             if out is None:  # kept on the device until the curve is complete
                 out = torch.empty(n, n_points, dtype=picked.dtype, device=picked.device)
             out[img_i, k] = picked

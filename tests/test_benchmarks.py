@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 SAVED = sorted((ROOT / "benchmarks" / "reference").glob("*.json"))
@@ -87,6 +88,27 @@ def test_paired_steps_sees_every_step_of_visualise(class_models_bench):
                       transforms=(convvis.RandomAffine(pad=1, jitter=1),),
                       post_step=(lambda param, step: timer.tick(),))
     assert len(ticks) == 6 and len(timer.steps) == len(timer.plains) == 5
+
+
+def test_host_benchmark_counts_each_paths_operations(bench):
+    """The host-work benchmark on the CPU, at its smallest: every hot path dispatches more torch
+    operations than its bare passes (its checks), and the per-call figures are the run's."""
+    import argparse
+
+    import convvis
+
+    net = convvis.load_model(device="cpu")
+    args = argparse.Namespace(host_size=32, chunk=8, repeats=1)
+    threads = torch.get_num_threads()
+    out = bench.bench_host(net, torch.device("cpu"), args)
+    assert torch.get_num_threads() == threads  # restored
+    for name in ("saliency_map", "deletion_chunk", "class_model_step"):
+        r = out[name]
+        ops = r["ops_per_call"]
+        assert ops["ours"] > ops["bare"] > 0, name
+        assert r["extra_ops_per_call"] == pytest.approx(ops["ours"] - ops["bare"])
+        assert r["ratio"] == pytest.approx(r["ours"]["median"] / r["bare"]["median"])
+        assert r["ours"]["runs"] == r["bare"]["runs"] >= 15
 
 
 def test_there_is_a_saved_report_for_the_appendix():

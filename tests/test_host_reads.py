@@ -158,3 +158,25 @@ def test_frozen_parameters_leaves_frozen_weights_alone_and_restores_the_rest():
     finally:
         torch.Tensor.requires_grad_ = original
     assert switched == []  # a frozen model (as load_model returns it) is not touched at all
+
+
+@pytest.mark.parametrize("mode", ["deletion", "insertion"])
+def test_a_curve_with_its_target_given_runs_only_its_own_passes(mode):
+    """The curve's passes include the unperturbed image, so a given target needs no pass of its own:
+    on a GPU at small batches that pass is a whole forward's host work. target=None needs the
+    images' own scores, one pass more."""
+    model, x = tiny(), torch.rand(2, 3, 16, 16)
+    sal = convvis.saliency_map(model, x)
+    protocol = convvis.Protocol("test", steps=3)  # 4 points per image: 8 (image, step) pairs
+    calls = []
+    model.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    given = convvis.perturbation_curve(model, x, sal, [1, 2], mode, protocol, chunk=3)
+    assert calls == [3, 3, 2]
+    calls.clear()
+    top1 = convvis.perturbation_curve(model, x, sal, None, mode, protocol, chunk=3)
+    assert calls == [2, 3, 3, 2]
+    with torch.no_grad():
+        t = model(x).argmax(1)
+    # both ways, the same chunks: the same curve for the same classes
+    assert torch.equal(top1, convvis.perturbation_curve(model, x, sal, t, mode, protocol, chunk=3))
+    assert given.shape == (2, 4)

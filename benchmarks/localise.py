@@ -61,11 +61,26 @@ ROOT = Path(__file__).resolve().parent
 VAL_IMAGES = 50_000
 
 
-class PeakRSS:
+class _Sampler:
+    """Runs ``self._sample`` in a daemon thread while the ``with`` block runs; it stops when
+    ``self._stop`` is set, on exit."""
+
+    def __enter__(self):
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._sample, daemon=True)
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+class PeakRSS(_Sampler):
     """Largest total RSS of this process and its descendants, sampled in a thread."""
 
     def __init__(self, every: float = 0.1):
-        self.every, self.peak, self._stop = every, 0, threading.Event()
+        self.every, self.peak = every, 0
 
     def _sample(self):
         me = psutil.Process()
@@ -78,15 +93,6 @@ class PeakRSS:
                     pass
             self.peak = max(self.peak, total)
             time.sleep(self.every)
-
-    def __enter__(self):
-        self._t = threading.Thread(target=self._sample, daemon=True)
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
 
 
 def _usage():
@@ -227,11 +233,11 @@ def agreement(net, data, n, batch_size, top_k) -> dict:
                 ious, bins=[0, 0.5, 0.9, 0.99, 0.999, 1.0 - 1e-12, 1.0])[0].tolist()}
 
 
-class RSSSeries:
+class RSSSeries(_Sampler):
     """Every ``every`` seconds: RSS of this process and of its children, and photos written so far."""
 
     def __init__(self, out: Path, every: float = 1.0):
-        self.out, self.every, self.rows, self._stop = out, every, [], threading.Event()
+        self.out, self.every, self.rows = out, every, []
 
     def _sample(self):
         me = psutil.Process()
@@ -249,15 +255,6 @@ class RSSSeries:
                 done = 0
             self.rows.append((time.perf_counter(), done, me.memory_info().rss, kids))
             self._stop.wait(self.every)
-
-    def __enter__(self):
-        self._t = threading.Thread(target=self._sample, daemon=True)
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
 
 
 def memory_run(net, img, xml, tmp, n, workers, batch_size, top_k) -> dict:

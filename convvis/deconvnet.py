@@ -251,7 +251,10 @@ def reconstruct(
     Returns
     -------
     torch.Tensor
-        (N,C,H,W) reconstruction in input space: d(selected activation)/dI under ``rule``.
+        (N,C,H,W) reconstruction in input space: d(selected activation)/dI under ``rule``. The
+        backward pass starts from 1; Zeiler & Fergus send the activation's own value back, so
+        under the DeconvNet rule (linear, or positively homogeneous at the rectifiers) their
+        reconstruction of a positive activation is this one times its value.
     """
     module = as_module(model)
     check_eval_mode(module)

@@ -159,6 +159,12 @@ def forward_backward(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -
         torch.autograd.grad(model(xi).gather(1, t[:, None]).sum(), xi)
 
 
+def chunk_sizes(total: int, chunk: int) -> list[int]:
+    """The batch sizes of the forward passes that push ``total`` images through ``chunk`` at a time,
+    as ``perturbation_curve`` does: full chunks, then what is left."""
+    return [min(chunk, total - start) for start in range(0, total, chunk)]
+
+
 def default_layout(model: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(model).to(memory_format=torch.contiguous_format)
 
@@ -289,14 +295,16 @@ def _deletion_at(net, x, t, protocol, device, args) -> dict:
     sal = saliency_map(net, x, t)
     bs = x.shape[0]
     n_points = -(-(224 * 224) // protocol.step_size(224 * 224)) + 1
-    # the bare forward passes the curves need, batched as ours are, on ready-made inputs
-    chunk = x[:1].expand(args.chunk, -1, -1, -1).contiguous(memory_format=torch.channels_last)
-    n_chunks = -(-(bs * n_points) // args.chunk)
+    # the bare forward passes the curves need, batched as ours are (the last one partial), on
+    # ready-made inputs
+    passes = chunk_sizes(bs * n_points, args.chunk)
+    chunks = {n: x[:1].expand(n, -1, -1, -1).contiguous(memory_format=torch.channels_last)
+              for n in set(passes)}
 
     def bare():
         with torch.no_grad():
-            for _ in range(n_chunks):
-                net.model(chunk)
+            for n in passes:
+                net.model(chunks[n])
 
     def ours():
         return perturbation_curve(net, x, sal, t, "deletion", protocol, chunk=args.chunk)
@@ -728,13 +736,15 @@ def bench_host(net, device, args) -> dict:
         sal = saliency_map(net, x, t)
         protocol = with_steps("rise", pixels_per_step=max(1, size * size // 32))
         n_points = -(-(size * size) // protocol.step_size(size * size)) + 1
-        n_chunks = -(-n_points // chunk)
-        chunk_x = x.expand(chunk, -1, -1, -1).contiguous(memory_format=torch.channels_last)
+        passes = chunk_sizes(n_points, chunk)
+        n_chunks = len(passes)
+        chunk_x = {n: x.expand(n, -1, -1, -1).contiguous(memory_format=torch.channels_last)
+                   for n in set(passes)}
 
         def bare_forwards():
             with torch.no_grad():
-                for _ in range(n_chunks):
-                    net.model(chunk_x)
+                for n in passes:
+                    net.model(chunk_x[n])
 
         def steps_floor():
             for _ in range(steps):

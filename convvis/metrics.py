@@ -152,6 +152,8 @@ def perturbation_curve(
     """
     if mode not in ("deletion", "insertion"):
         raise ValueError(f"mode must be 'deletion' or 'insertion', not {mode!r}")
+    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
+        raise ValueError(f"chunk must be a positive integer (images per forward pass), not {chunk!r}")
     p = _protocol(protocol)
     module = as_module(model)
     shape = tuple(image.shape) if isinstance(image, torch.Tensor) else ()

@@ -90,6 +90,13 @@ def test_paired_steps_sees_every_step_of_visualise(class_models_bench):
     assert len(ticks) == 6 and len(timer.steps) == len(timer.plains) == 5
 
 
+def test_bare_passes_push_the_curves_images_in_the_curves_chunks(bench):
+    """The floor of a deletion curve: as many images as the curve, in the same passes (a last,
+    partial one), not whole chunks only."""
+    assert bench.chunk_sizes(29, 8) == [8, 8, 8, 5]
+    assert bench.chunk_sizes(16, 8) == [8, 8] and bench.chunk_sizes(3, 8) == [3]
+
+
 def test_host_benchmark_counts_each_paths_operations(bench):
     """The host-work benchmark on the CPU, at its smallest: every hot path dispatches more torch
     operations than its bare passes (its checks), and the per-call figures are the run's."""

@@ -106,6 +106,9 @@ def test_bad_arguments():
         perturbation_curve(model, img, torch.zeros(1, 2, 2), 0, protocol="mine")
     with pytest.raises(ValueError, match="mode"):
         perturbation_curve(model, img, torch.zeros(1, 2, 2), 0, mode="both")
+    for chunk in (0, -1, 2.5, True):  # a chunk of no images would run no pass and read no check
+        with pytest.raises(ValueError, match="chunk must be a positive integer"):
+            perturbation_curve(model, img, torch.zeros(1, 2, 2), 0, chunk=chunk)
     with pytest.raises(ValueError, match="exactly one"):
         Protocol("x", pixels_per_step=3, steps=3)
 

@@ -28,9 +28,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import convvis
-from convvis import frozen_parameters
-from convvis.metrics import PROTOCOLS, auc, perturbation_curve, pixel_ranks, with_steps
+from convvis import frozen_parameters, grabcut_mask, segment
+from convvis import segmentation as seg
+from convvis.class_model import paper_preset, visualise
+from convvis.metrics import PROTOCOLS, auc, perturbation_curve, pixel_ranks, rank_correlation, with_steps
 from convvis.saliency import saliency_map
+from convvis.segmentation import seeds_from_saliency
 
 ROOT = Path(__file__).resolve().parent
 
@@ -165,6 +168,21 @@ def chunk_sizes(total: int, chunk: int) -> list[int]:
     return [min(chunk, total - start) for start in range(0, total, chunk)]
 
 
+def bare_forwards(model: torch.nn.Module, image: torch.Tensor, total: int, chunk: int) -> Callable[[], None]:
+    """The floor of a perturbation curve: ``total`` copies of ``image`` (1,C,H,W) through ``model`` in
+    the passes the curve makes (:func:`chunk_sizes`), without gradients, on inputs made in advance."""
+    passes = chunk_sizes(total, chunk)
+    inputs = {n: image.expand(n, -1, -1, -1).contiguous(memory_format=torch.channels_last)
+              for n in set(passes)}
+
+    def run():
+        with torch.no_grad():
+            for n in passes:
+                model(inputs[n])
+
+    return run
+
+
 def default_layout(model: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(model).to(memory_format=torch.contiguous_format)
 
@@ -222,8 +240,6 @@ def mixed_precision_check(net, x, t, device, args) -> dict:
     correlation of at least 0.99 with the float32 map and a top-5 % pixel set overlapping it with
     IoU of at least 0.9, on every image, and report the speed either way.
     """
-    from convvis.metrics import rank_correlation
-    from convvis.segmentation import seeds_from_saliency
 
     dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
 
@@ -294,17 +310,8 @@ def naive_curve(model, x, sal, t, protocol) -> torch.Tensor:
 def _deletion_at(net, x, t, protocol, device, args) -> dict:
     sal = saliency_map(net, x, t)
     bs = x.shape[0]
-    n_points = -(-(224 * 224) // protocol.step_size(224 * 224)) + 1
-    # the bare forward passes the curves need, batched as ours are (the last one partial), on
-    # ready-made inputs
-    passes = chunk_sizes(bs * n_points, args.chunk)
-    chunks = {n: x[:1].expand(n, -1, -1, -1).contiguous(memory_format=torch.channels_last)
-              for n in set(passes)}
-
-    def bare():
-        with torch.no_grad():
-            for n in passes:
-                net.model(chunks[n])
+    n_points = protocol.points(224 * 224)
+    bare = bare_forwards(net.model, x[:1], bs * n_points, args.chunk)  # batched as ours are
 
     def ours():
         return perturbation_curve(net, x, sal, t, "deletion", protocol, chunk=args.chunk)
@@ -344,7 +351,6 @@ def bench_deletion(net, device, args) -> dict:
 
 
 def _class_model_at(net, targets, steps, device, args) -> dict:
-    from convvis.class_model import paper_preset, visualise
 
     x = torch.zeros(len(targets), 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
     t = torch.tensor(targets, device=device)
@@ -381,8 +387,6 @@ def _mask_iou(a, b) -> float:
 
 def _unhurried_mask(photo, saliency, sklearn: bool):
     """The cut with colour models fitted on every seed pixel to convergence (ours, or scikit-learn's)."""
-    from convvis import segmentation as seg
-
     fg, bg = seg.seeds_from_saliency(saliency)
     if sklearn:
         from sklearn.mixture import GaussianMixture
@@ -402,8 +406,6 @@ def _unhurried_mask(photo, saliency, sklearn: bool):
 
 def bench_segmentation(net, device, args) -> dict:
     """The graph-cut pipeline per 224 x 224 photo, by stage, against OpenCV's GrabCut (1 iteration)."""
-    from convvis import grabcut_mask, segment
-
     photos_names = convvis.sample_names()[: (4 if args.quick else 17)]
     x, t = _batch(net, photos_names, len(photos_names))
     maps = saliency_map(net, x, t).cpu().numpy()
@@ -417,11 +419,11 @@ def bench_segmentation(net, device, args) -> dict:
     r = measure(fns, device, max(2, args.repeats // 2))
     sk_ious = []
     for i in range(len(photos_names)):
-        seg = segment(photos[i], maps[i])
-        for k, v in seg.timings.items():
+        result = segment(photos[i], maps[i])
+        for k, v in result.timings.items():
             stages.setdefault(k, []).append(v)
         slow = _unhurried_mask(photos[i], maps[i], sklearn=False)
-        ious.append(_mask_iou(seg.mask, slow))
+        ious.append(_mask_iou(result.mask, slow))
         # two unhurried fits from different EM codes: how far apart equally good answers are
         sk_ious.append(_mask_iou(_unhurried_mask(photos[i], maps[i], sklearn=True), slow))
     ours = statistics.median(r[f"ours_{i}"]["median"] for i in range(len(photos_names)))
@@ -446,7 +448,6 @@ def bench_segmentation(net, device, args) -> dict:
 
 
 def _class_model_step(net, targets, size):
-    from convvis.class_model import paper_preset, visualise
 
     return lambda: visualise(net, targets, **{**paper_preset(), "steps": 2}, size=size, progress=False)
 
@@ -467,8 +468,6 @@ def _scaling_point(net, x, t, device, reps) -> dict:
 
 def _segmentation_point(photos, maps, device, reps) -> float:
     """Median over photos of the pipeline's time per photo."""
-    from convvis.segmentation import segment
-
     r = measure({f"photo_{i}": (lambda i=i: segment(photos[i], maps[i])) for i in range(len(photos))},
                 device, reps)
     return statistics.median(v["median"] for v in r.values())
@@ -688,7 +687,6 @@ def bench_book(net, device, args) -> dict:
 
 class _OpCounter(TorchDispatchMode):
     """Counts the torch operations dispatched inside the block (forward and backward alike)."""
-
     def __init__(self):
         super().__init__()
         self.ops = 0
@@ -723,7 +721,6 @@ def bench_host(net, device, args) -> dict:
     forward+backward. Host reads are not counted here: tests/test_host_reads.py holds each hot
     path to at most one per call.
     """
-    from convvis.class_model import paper_preset, visualise
 
     size, steps, chunk = args.host_size, 10, args.chunk
     threads = torch.get_num_threads()
@@ -735,16 +732,9 @@ def bench_host(net, device, args) -> dict:
         t = torch.tensor([3], device=device)
         sal = saliency_map(net, x, t)
         protocol = with_steps("rise", pixels_per_step=max(1, size * size // 32))
-        n_points = -(-(size * size) // protocol.step_size(size * size)) + 1
-        passes = chunk_sizes(n_points, chunk)
-        n_chunks = len(passes)
-        chunk_x = {n: x.expand(n, -1, -1, -1).contiguous(memory_format=torch.channels_last)
-                   for n in set(passes)}
-
-        def bare_forwards():
-            with torch.no_grad():
-                for n in passes:
-                    net.model(chunk_x[n])
+        n_points = protocol.points(size * size)
+        n_chunks = len(chunk_sizes(n_points, chunk))
+        bare = bare_forwards(net.model, x, n_points, chunk)
 
         def steps_floor():
             for _ in range(steps):
@@ -753,7 +743,7 @@ def bench_host(net, device, args) -> dict:
         paths = {
             "saliency_map": (lambda: saliency_map(net, x, t), lambda: forward_backward(net.model, x, t), 1),
             "deletion_chunk": (lambda: perturbation_curve(net, x, sal, t, "deletion", protocol, chunk=chunk),
-                               bare_forwards, n_chunks),
+                               bare, n_chunks),
             "class_model_step": (lambda: visualise(net, [3], **{**paper_preset(), "steps": steps}, size=size,
                                                    progress=False), steps_floor, steps),
         }

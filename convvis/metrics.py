@@ -83,6 +83,11 @@ class Protocol:
             return self.pixels_per_step
         return -(-n_pixels // self.steps)  # ceil: the last step reaches every pixel
 
+    def points(self, n_pixels: int) -> int:
+        """Points on a curve over an image of ``n_pixels``: the unchanged image, then one per step
+        until every pixel has changed."""
+        return -(-n_pixels // self.step_size(n_pixels)) + 1
+
 
 PROTOCOLS: dict[str, Protocol] = {
     # RISE's reference evaluation: softmax probability, 224 pixels per step on 224 x 224 inputs
@@ -179,7 +184,7 @@ def perturbation_curve(
             t, index = checked_targets(module(image), None, pending, class_names=names)
         image = image.detach()
         step = p.step_size(h * w)
-        n_points = -(-(h * w) // step) + 1
+        n_points = p.points(h * w)
         counts = torch.clamp(torch.arange(n_points, device=image.device) * step, max=h * w)
         ranks = pixel_ranks(saliency.to(image.device))
         substrate = _substrate(image, p.deletion if mode == "deletion" else p.insertion, p)

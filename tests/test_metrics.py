@@ -72,7 +72,7 @@ def test_rise_preset_has_225_points_on_224_inputs():
     model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 4)).eval()
     image = torch.randn(1, 3, 224, 224)
     curve = perturbation_curve(model, image, torch.rand(1, 224, 224), 0, "deletion", "rise", chunk=64)
-    assert curve.shape == (1, 225)
+    assert curve.shape == (1, 225) and PROTOCOLS["rise"].points(224 * 224) == 225
     assert PROTOCOLS["constant"].step_size(224 * 224) * 10 >= 224 * 224
 
 

@@ -34,9 +34,12 @@ A JSON report goes to ``benchmarks/results/localise-<host>-<date>.json`` (or ``-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
+import multiprocessing as mp
 import os
+import pickle
 import platform
 import resource
 import statistics
@@ -49,8 +52,10 @@ from pathlib import Path
 import numpy as np
 import psutil
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import convvis
+from convvis import colour_model
 from convvis.batched_segmentation import cut_prepared, prepare_cuts
 from convvis.ilsvrc import ILSVRCLocalisation, imagenet_wnids, write_sample_fixture
 from convvis.localise import evaluate, localise_one
@@ -233,6 +238,131 @@ def agreement(net, data, n, batch_size, top_k) -> dict:
                 ious, bins=[0, 0.5, 0.9, 0.99, 0.999, 1.0 - 1e-12, 1.0])[0].tolist()}
 
 
+class _CountOps(TorchDispatchMode):
+    """Counts the torch operations dispatched inside the ``with`` block (views included)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def _host_reads():
+    """Counts reads of tensor values by the host (each one waits for a GPU's queue to drain): calls
+    of ``bool``, ``item``, ``tolist`` and ``cpu``, and ``numpy`` on a tensor ``cpu`` did not return."""
+    counted, host = [], set()
+    saved = {name: getattr(torch.Tensor, name) for name in ("__bool__", "item", "tolist", "cpu", "numpy")}
+
+    def wrap(name, original):
+        def read(self, *args, **kwargs):
+            if not (name == "numpy" and id(self) in host):
+                counted.append(name)
+            out = original(self, *args, **kwargs)
+            if name == "cpu":
+                host.add(id(out))
+            return out
+        return read
+
+    for name, original in saved.items():
+        setattr(torch.Tensor, name, wrap(name, original))
+    try:
+        yield counted
+    finally:
+        for name, original in saved.items():
+            setattr(torch.Tensor, name, original)
+
+
+def dense_host_work(net, data, batch_size, top_k) -> dict:
+    """What the dense stage's GPU code asks of the host, measured on any device, per batch.
+
+    On a GPU the dense stage (``prepare_cuts``) is small arithmetic on small arrays: what it costs
+    there is the host's work of issuing it. This counts, for one batch of ``batch_size`` photos x
+    ``top_k`` maps run with ``engine="torch"`` (the code a GPU runs), the torch operations it
+    dispatches and the host reads it makes (each waits for the device's queue), and times the
+    NumPy part it keeps on the host on every device (the k-means++ starting point,
+    ``initial_assignments``), with one thread. It also measures what handing the batch's tasks to
+    a pool process costs the main process (pickling, the pipe; ``Pool.apply_async``) and what
+    unpickling one costs a worker, per photo; and counts the operations of one forward and one
+    forward+backward of the network at batch 1, so that a per-operation host cost can be read off
+    a GPU's measured pass times (``benchmarks/project_gpu.py``).
+    """
+    dev = net.device
+    s = net.preprocessing.input_size
+    mean = torch.tensor(net.preprocessing.mean, device=dev).view(3, 1, 1)
+    std = torch.tensor(net.preprocessing.std, device=dev).view(3, 1, 1)
+    chunk = [it for it in (data[i] for i in range(batch_size)) if it["error"] is None]
+    x = torch.stack([it["image"] for it in chunk]).to(dev)
+    with torch.no_grad():
+        classes = net.model(x).topk(top_k, 1).indices
+    m = saliency_map(net, x.repeat_interleave(top_k, 0), classes.reshape(-1))
+    m = m.reshape(len(chunk), top_k, s, s).float()
+    ph = (x.float() * std + mean).clamp(0.0, 1.0).movedim(1, -1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    init_s = []
+    original = colour_model.initial_assignments
+
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter()
+        out = original(*args, **kwargs)
+        init_s.append(time.perf_counter() - t0)
+        return out
+
+    try:
+        prepare_cuts(ph, m, engine="torch")  # warm
+        with _CountOps() as ops, _host_reads() as reads:
+            prepare_cuts(ph, m, engine="torch")
+        walls, inits = [], []
+        colour_model.initial_assignments = timed
+        for _ in range(3):
+            init_s.clear()
+            t0 = time.perf_counter()
+            prepared = prepare_cuts(ph, m, engine="torch")
+            _sync(dev)
+            walls.append(time.perf_counter() - t0)
+            inits.append(sum(init_s))
+        xb = x[:1].detach().clone().requires_grad_(True)
+        with _CountOps() as fwd, torch.no_grad():
+            net.model(x[:1])
+        with _CountOps() as fwd_bwd:
+            torch.autograd.grad(net.model(xb)[:, 0].sum(), xb)
+    finally:
+        colour_model.initial_assignments = original
+        torch.set_num_threads(threads)
+    tasks = [{"name": it["name"], "size": tuple(it["size"]), "input_size": s, "classes": [0] * top_k,
+              "class_wnids": [""] * top_k, "objects": it["objects"], "truth_wnids": it["wnids"],
+              "segment": {}, "maps": None, "photo": None, "prepared": prepared.task(j)}
+             for j, it in enumerate(chunk)]
+    blobs = [pickle.dumps(t) for t in tasks]
+    t0 = time.perf_counter()
+    for b in blobs:
+        pickle.loads(b)
+    unpickle = (time.perf_counter() - t0) / len(blobs)
+    handoff = []
+    with mp.get_context("spawn").Pool(1) as pool:
+        pool.apply_async(len, ({},)).get()  # started
+        for _ in range(3):
+            u0 = _usage()
+            pending = [pool.apply_async(len, (t,)) for t in tasks]
+            for r in pending:
+                r.get()
+            used = _since(u0)
+            handoff.append((used["user"] + used["system"]) / len(tasks))
+    return {"photos": len(chunk), "top_k": top_k, "engine": "torch", "device": str(dev),
+            "ops_per_batch": ops.count, "host_reads_per_batch": len(reads),
+            "host_reads": {r: reads.count(r) for r in sorted(set(reads))},
+            "numpy_init_s_per_batch": statistics.median(inits),
+            "wall_s_per_batch_one_thread": statistics.median(walls),
+            "ops_forward_batch_1": fwd.count, "ops_forward_backward_batch_1": fwd_bwd.count,
+            "task_bytes_per_photo": statistics.mean(len(b) for b in blobs),
+            "handoff_cpu_s_per_photo": statistics.median(handoff),
+            "unpickle_s_per_photo": unpickle}
+
+
 class RSSSeries(_Sampler):
     """Every ``every`` seconds: RSS of this process and of its children, and photos written so far."""
 
@@ -397,6 +527,18 @@ def run_stages(a, net, data, img, xml, tmp, workers, physical, logical, device, 
           f"{1000 * b['s_per_photo']:.0f} ms (user {b['user_s']:.1f} s, system {b['system_s']:.1f} s, "
           f"{b['minor_faults']} minor faults)")
     print(f"  ratio batched / today: {pool['ratio_batched_to_reference']:.2f} (target: at most 0.5)")
+    host = dense_host_work(net, data, a.batch_size, a.top_k)
+    report["dense_host_work"] = host
+    print(f"dense stage's GPU code (engine='torch'), per batch of {host['photos']} photos x {a.top_k} maps: "
+          f"{host['ops_per_batch']} torch operations, {host['host_reads_per_batch']} host reads "
+          f"({', '.join(f'{k} {v}' for k, v in host['host_reads'].items())}), NumPy k-means++ start "
+          f"{1000 * host['numpy_init_s_per_batch']:.1f} ms, "
+          f"{1000 * host['wall_s_per_batch_one_thread']:.0f} ms "
+          f"in all here with one thread; one forward at batch 1: {host['ops_forward_batch_1']} operations, "
+          f"forward+backward {host['ops_forward_backward_batch_1']}")
+    print(f"handing a task to a pool process: {host['task_bytes_per_photo'] / 2**20:.2f} MiB pickled, "
+          f"{1000 * host['handoff_cpu_s_per_photo']:.2f} ms of the main process's CPU time per photo; "
+          f"unpickling it {1000 * host['unpickle_s_per_photo']:.2f} ms")
     runs = {}
     n0 = a.batch_size
     for w in workers:

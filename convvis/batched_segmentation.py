@@ -7,8 +7,9 @@ on the maps' device (the GPU when there is one):
 * the seeds, by the same rank rule as :func:`convvis.seeds_from_saliency` (a stable sort gives the
   same tie-breaking), so they are exactly the same;
 * the foreground and background colour models of every pair, by
-  :func:`convvis.colour_model.fit_colour_models` (the same subsample, k-means++ start and seed as
-  :func:`convvis.fit_colour_model`; batched EM on a GPU, the one-set fit on a CPU);
+  :func:`convvis.colour_model.fit_colour_model_groups` (the same subsample, k-means++ start and
+  seed as :func:`convvis.fit_colour_model`; one batched EM in torch for both kinds of model where
+  their subsamples have the same size, which saves a GPU's host half the EM's operations);
 * the unaries of every pair, the pairwise weights once per photo (not once per class), and the
   hard seeds folded into the terminal capacities (an edge from a free pixel to a seed becomes a
   unary term of the free pixel, as :func:`convvis.graph_cut` does).
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .colour_model import fit_colour_models, log_density_coefficients, mixture_costs
+from .colour_model import fit_colour_model_groups, log_density_coefficients, mixture_costs
 from .segmentation import (
     bounding_box,
     largest_component,
@@ -203,18 +204,24 @@ def _prepare(photos, maps, fg_quantile, bg_quantile, components, gamma, max_samp
     fg, bg, flat_notes, (n_fg, n_bg) = _seeds(maps.reshape(n * k, p), fg_quantile, bg_quantile, engine)
     notes = [flat_notes[i * k:(i + 1) * k] for i in range(n)]
     owner = torch.arange(n, device=x.device).repeat_interleave(k)  # the photo of each pair
-    coefs, history = [], []
+    groups = []
     for mask, count in ((fg, n_fg), (bg, n_bg)):
         if count < 2:
             raise ValueError(f"only {count} seed pixel(s): too few to fit a colour model")
         # each row has exactly `count` seeds, listed in pixel order as photo[mask] lists them
         idx = torch.nonzero(mask)[:, 1].reshape(n * k, count)
-        models = fit_colour_models(x[owner[:, None], idx], components, max_samples=max_samples,
-                                   max_iter=max_iter, seed=seed,
-                                   engine="numpy" if engine == "numpy" else "torch")
-        coefs.append(log_density_coefficients(models["weights"].to(x), models["means"].to(x),
-                                              models["covariances"].to(x)))  # (n*k,10,K)
-        history.append(models["history"])
+        groups.append(x[owner[:, None], idx])
+    # the foreground and background models in one EM where their subsamples match (on a GPU the
+    # EM's cost is the host issuing its many small operations)
+    fits = fit_colour_model_groups(groups, components, max_samples=max_samples, max_iter=max_iter,
+                                   seed=seed, engine="numpy" if engine == "numpy" else "torch")
+    if fits[0]["weights"].shape == fits[1]["weights"].shape:  # one call for both
+        coefs = log_density_coefficients(*(torch.cat([f[key] for f in fits]).to(x)
+                                           for key in ("weights", "means", "covariances"))).chunk(2)
+    else:
+        coefs = [log_density_coefficients(f["weights"].to(x), f["means"].to(x), f["covariances"].to(x))
+                 for f in fits]  # (n*k,10,K) each
+    history = [f["history"] for f in fits]
     # (n, k*2, 10, K): the fg and bg model of each class of a photo, evaluated on its pixels at once
     coef = torch.stack(coefs, 1).reshape(n, k * 2, *coefs[0].shape[1:])
     cost = mixture_costs(x, coef).reshape(n, k, 2, h, w)  # (fg, bg) costs

@@ -16,8 +16,8 @@ import torch
 
 from .common import check_photo
 
-__all__ = ["ColourModel", "fit_colour_model", "unaries", "fit_colour_models", "log_density_coefficients",
-           "mixture_costs"]
+__all__ = ["ColourModel", "fit_colour_model", "unaries", "fit_colour_models", "fit_colour_model_groups",
+           "log_density_coefficients", "mixture_costs"]
 
 
 @dataclass
@@ -236,6 +236,58 @@ def _t_m_step(x, quad, resp, reg):
     return nk / nk.sum(-1, keepdim=True), means, cov
 
 
+def initial_assignments(colours: np.ndarray, k: int, state: dict) -> np.ndarray:
+    """EM's starting point for B colour sets, on the host: (B,m,3) float64 -> (B,m) int64.
+
+    Each set gets :func:`fit_colour_model`'s initialisation, k-means++ centres drawn from a
+    generator restored to ``state`` (the same generator state for every set), and each colour goes
+    to its nearest centre. It stays in NumPy on every device, so that the draws are the reference's
+    exactly. Every set starting from one state draws the same numbers, so the sets are seeded
+    together: one first index for all, then per step one uniform number, turned into each set's
+    index by its own cumulative distribution as ``Generator.choice`` does (the same float64
+    operations per row, hence the same indices as a loop over the sets; a test compares them). A
+    set whose distances all become 0 takes ``_kmeans_pp``'s other branch, which draws differently:
+    such sets run the loop.
+    """
+    b, m, _ = colours.shape
+    g = np.random.default_rng()
+    g.bit_generator.state = state
+    rows = np.arange(b)
+    planes = np.ascontiguousarray(colours.transpose(2, 0, 1))  # (3,B,m): whole rows per channel
+
+    def dist2(centre):  # (B,3) -> (B,m): the reference's ((x - c) ** 2).sum(-1), in its order
+        d = planes - centre.T[:, :, None]
+        d *= d
+        return d[0] + d[1] + d[2]
+
+    centres = [colours[:, g.integers(m)]]  # (B,3) each
+    d2 = dist2(centres[0])
+    alone = np.zeros(b, bool)  # sets that take the other branch: done one by one below
+    for _ in range(1, k):
+        total = d2.sum(1)
+        alone |= ~(total > 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cdf = np.cumsum(d2 / total[:, None], axis=1)
+            cdf /= cdf[:, -1:]
+        u = g.random()
+        pick = np.minimum((cdf <= u).sum(1), m - 1)  # searchsorted(side="right") on each row
+        centres.append(colours[rows, pick])
+        d2 = np.minimum(d2, dist2(centres[-1]))
+    nearest = np.stack([dist2(c) for c in centres], -1).argmin(-1)
+    for i in np.flatnonzero(alone):
+        g.bit_generator.state = state
+        c = _kmeans_pp(colours[i], k, g)
+        nearest[i] = ((colours[i][:, None, :] - c[None]) ** 2).sum(-1).argmin(1)
+    return nearest
+
+
+def _check_colours(colours) -> None:
+    if colours.ndim != 3 or colours.shape[-1] != 3:
+        raise ValueError(f"expected (B,P,3) colours, got {tuple(colours.shape)}")
+    if colours.shape[1] < 2:
+        raise ValueError(f"only {colours.shape[1]} seed pixel(s): too few to fit a colour model")
+
+
 def fit_colour_models(
     colours,
     components: int = 5,
@@ -260,41 +312,85 @@ def fit_colour_models(
     colours' device) and ``history`` (B, max_iter) NumPy float64, the mean log-likelihood after each
     EM iteration, NaN after a set has stopped.
     """
-    if colours.ndim != 3 or colours.shape[-1] != 3:
-        raise ValueError(f"expected (B,P,3) colours, got {tuple(colours.shape)}")
-    b, n, _ = colours.shape
-    if n < 2:
-        raise ValueError(f"only {n} seed pixel(s): too few to fit a colour model")
-    if not bool(torch.isfinite(colours).all()):
-        raise ValueError("colours contain NaN or infinite values")
+    return fit_colour_model_groups([colours], components, max_samples=max_samples, max_iter=max_iter,
+                                   tol=tol, reg=reg, seed=seed, engine=engine)[0]
+
+
+def fit_colour_model_groups(
+    groups,
+    components: int = 5,
+    *,
+    max_samples: int | None = 1000,
+    max_iter: int = 10,
+    tol: float = 1e-3,
+    reg: float = 1e-4,
+    seed: int = 0,
+    engine: str = "auto",
+) -> list[dict]:
+    """:func:`fit_colour_models` on each of several groups of colour sets: a list of (B_i,P_i,3)
+    tensors on one device -> a list of its dicts, the same fits (a test compares them).
+
+    Each group is subsampled and started exactly as :func:`fit_colour_models` would (its own
+    generator from ``seed``); groups whose subsamples then have the same size and component count
+    run one EM together. That is what a GPU needs: the EM is many small operations, and issuing
+    them costs the host more than the device's arithmetic, so the foreground and background models
+    of a batch (:func:`convvis.prepare_cuts`) are fitted with one set of operations instead of two.
+    """
     if engine not in ("auto", "torch", "numpy"):
         raise ValueError(f"engine must be 'auto', 'torch' or 'numpy', not {engine!r}")
+    for colours in groups:
+        _check_colours(colours)
+    if not bool(torch.stack([torch.isfinite(c).all() for c in groups]).all()):  # one host read
+        raise ValueError("colours contain NaN or infinite values")
     if engine == "numpy":
-        fits = [fit_colour_model(c, components, max_samples=max_samples, max_iter=max_iter, tol=tol,
-                                 reg=reg, seed=seed) for c in colours.detach().cpu().numpy()]
-        history = np.full((b, max_iter), np.nan)
-        for i, f in enumerate(fits):
-            history[i, : len(f.history)] = f.history
+        return [_fit_numpy(c, components, max_samples, max_iter, tol, reg, seed) for c in groups]
+    starts = [_start(c, components, max_samples, seed) for c in groups]
+    out: list = [None] * len(groups)
+    together: dict = {}  # (subsample size, K) -> indices of the groups that can share an EM
+    for i, (_, resp) in enumerate(starts):
+        together.setdefault(tuple(resp.shape[1:]), []).append(i)
+    for members in together.values():
+        x = torch.cat([starts[i][0] for i in members])
+        resp = torch.cat([starts[i][1] for i in members])
+        fit = _batched_em(x, resp, max_iter, tol, reg)
+        offset = 0
+        for i in members:
+            b = starts[i][0].shape[0]
+            out[i] = {key: v[offset:offset + b] for key, v in fit.items()}
+            offset += b
+    return out
 
-        def stack(key):
-            return torch.as_tensor(np.stack([getattr(f, key) for f in fits]), device=colours.device)
 
-        return {"weights": stack("weights"), "means": stack("means"), "covariances": stack("covariances"),
-                "history": history}
+def _fit_numpy(colours, components, max_samples, max_iter, tol, reg, seed) -> dict:
+    fits = [fit_colour_model(c, components, max_samples=max_samples, max_iter=max_iter, tol=tol,
+                             reg=reg, seed=seed) for c in colours.detach().cpu().numpy()]
+    history = np.full((len(fits), max_iter), np.nan)
+    for i, f in enumerate(fits):
+        history[i, : len(f.history)] = f.history
+
+    def stack(key):
+        return torch.as_tensor(np.stack([getattr(f, key) for f in fits]), device=colours.device)
+
+    return {"weights": stack("weights"), "means": stack("means"), "covariances": stack("covariances"),
+            "history": history}
+
+
+def _start(colours, components, max_samples, seed):
+    """The subsample and the k-means++ responsibilities of B sets: (B,m,3) colours, (B,m,K) one-hot."""
+    _, n, _ = colours.shape
     k = min(components, n // 2)
     rng = np.random.default_rng(seed)
     x = colours
     if max_samples is not None and n > max_samples:
         x = colours[:, torch.as_tensor(rng.choice(n, max_samples, replace=False), device=colours.device)]
-    state = rng.bit_generator.state  # where every set's k-means++ draws start
-    x_np = x.detach().cpu().numpy().astype(np.float64)
-    nearest = np.empty(x_np.shape[:2], np.int64)
-    for i in range(b):
-        g = np.random.default_rng()
-        g.bit_generator.state = state
-        centres = _kmeans_pp(x_np[i], k, g)
-        nearest[i] = ((x_np[i][:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
-    resp = torch.nn.functional.one_hot(torch.as_tensor(nearest, device=x.device), k).to(x.dtype)
+    nearest = initial_assignments(x.detach().cpu().numpy().astype(np.float64), k, rng.bit_generator.state)
+    return x, torch.nn.functional.one_hot(torch.as_tensor(nearest, device=x.device), k).to(x.dtype)
+
+
+def _batched_em(x, resp, max_iter, tol, reg) -> dict:
+    """EM from the responsibilities ``resp`` (B,m,K) on colours ``x`` (B,m,3), each set stopping on
+    its own as :func:`fit_colour_model` does (a stopped set's model is kept, its history NaN)."""
+    b = x.shape[0]
     feats = _t_quadratic_features(x)  # (B,m,10)
     weights, means, cov = _t_m_step(x, feats[..., :6], resp, reg)
     history = torch.full((b, max_iter), float("nan"), dtype=torch.float64, device=x.device)

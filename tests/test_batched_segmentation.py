@@ -12,7 +12,13 @@ import torch
 
 import convvis
 from convvis.batched_segmentation import prepare_cuts, segment_batch
-from convvis.colour_model import fit_colour_model
+from convvis.colour_model import (
+    _kmeans_pp,
+    fit_colour_model,
+    fit_colour_model_groups,
+    fit_colour_models,
+    initial_assignments,
+)
 from convvis.segmentation import seeds_from_saliency, segment
 
 K = 3
@@ -72,3 +78,48 @@ def test_batched_path_refuses_what_it_does_not_reproduce(sample):
         prepare_cuts(*args, colour=1)
     with pytest.raises(ValueError, match="do not match"):
         prepare_cuts(args[0], args[1][:, :, :10])
+
+
+def _loop_assignments(colours, k, state):
+    """The reference's start, one set at a time: k-means++ (``_kmeans_pp``), then nearest centre."""
+    out = np.empty(colours.shape[:2], np.int64)
+    for i, x in enumerate(colours):
+        g = np.random.default_rng()
+        g.bit_generator.state = state
+        centres = _kmeans_pp(x, k, g)
+        out[i] = ((x[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
+    return out
+
+
+@pytest.mark.parametrize("case", ["random", "ties", "constant sets", "tiny sets"])
+def test_initial_assignments_are_the_reference_loops(case):
+    """The sets are seeded together; each must get exactly the indices its own loop would draw,
+    including sets whose distances all vanish (the other branch of ``_kmeans_pp``)."""
+    rng = np.random.default_rng(len(case))
+    x = rng.random((40, 300, 3))
+    if case == "ties":
+        x = np.round(x * 3) / 3
+    elif case == "constant sets":
+        x[3] = 0.5
+        x[7] = x[7, :1]
+        x[9, :, 0] = 0.25  # constant in one channel only: still distances
+    elif case == "tiny sets":
+        x = x[:, :5]
+    state = np.random.default_rng(7).bit_generator.state
+    for k in (1, 2, 3, 5):
+        assert np.array_equal(initial_assignments(x, k, state), _loop_assignments(x, k, state)), k
+
+
+def test_grouped_em_fits_each_group_as_alone():
+    """Foreground and background sets in one EM: each group's fit is what fitting it alone gives
+    (the same operations per set), also for a group that cannot join (another subsample size)."""
+    rng = np.random.default_rng(0)
+    groups = [torch.as_tensor(rng.random((6, n, 3))) for n in (1500, 2400, 700)]
+    together = fit_colour_model_groups(groups, seed=3)
+    for g, fit in zip(groups, together):
+        alone = fit_colour_models(g, seed=3)
+        for key in ("weights", "means", "covariances"):
+            assert torch.equal(fit[key], alone[key]), key
+        np.testing.assert_array_equal(fit["history"], alone["history"])
+    with pytest.raises(ValueError, match="NaN"):
+        fit_colour_model_groups([groups[0], torch.full((2, 10, 3), float("nan"), dtype=torch.float64)])

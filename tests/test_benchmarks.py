@@ -129,10 +129,12 @@ def test_every_saved_report_names_its_commit_and_machine():
     import yaml
 
     provenance = yaml.safe_load((ROOT / "benchmarks" / "reference" / "provenance.yml").read_text())
-    assert set(provenance) == {p.name for p in SAVED}
+    logs = sorted((ROOT / "benchmarks" / "reference").glob("*.log"))  # other tools' records, kept as written
+    assert set(provenance) == {p.name for p in SAVED + logs}
     for name, entry in provenance.items():
         assert len(str(entry["commit"])) >= 7 and entry["machine"] and entry["how"], name
-        assert json.loads((ROOT / "benchmarks" / "reference" / name).read_text())["date"], name
+        if name.endswith(".json"):
+            assert json.loads((ROOT / "benchmarks" / "reference" / name).read_text())["date"], name
 
 
 @pytest.mark.parametrize("path", [p for p in REPORTS if p not in FULL], ids=lambda p: p.name)
@@ -217,3 +219,36 @@ def test_saved_long_eq1_run_covers_its_grid_and_has_its_figure():
             assert set(r["judges"]) == set(rep["judges"]) and len(rep["judges"]) == 2
             for v in (r["own"], *r["judges"].values()):
                 assert len(v["rank"]) == len(v["probability"]) == len(rep["classes"])
+
+
+def test_gpu_projection_joins_the_saved_measurements():
+    """benchmarks/project_gpu.py: the GPU log parses, the projection is the slowest of its three
+    rates, each built from the inputs as its docstring says, and mismatched batches are refused."""
+    proj_mod = _load("project_gpu")
+    log = ROOT / "benchmarks" / "reference" / "h200-2026-12-04-where.log"
+    where = proj_mod.parse_where(log.read_text())
+    assert where["stage_batch"] == 16 and where["rates"][1]["forward"] > where["rates"][1]["floor"] > 0
+    gpu = json.loads((ROOT / "benchmarks" / "reference" / "h200-2026-12-04-localise.json").read_text())
+    cpu = {"stages": {"decode_per_process": 200.0}, "pool_work": {"ratio_batched_to_reference": 0.5},
+           "dense_host_work": {"photos": 16, "top_k": 5, "ops_per_batch": 1000,
+                               "numpy_init_s_per_batch": 0.01, "ops_forward_batch_1": 200,
+                               "ops_forward_backward_batch_1": 400,
+                               "handoff_cpu_s_per_photo": 0.001, "unpickle_s_per_photo": 0.0001,
+                               "host_reads_per_batch": 3, "task_bytes_per_photo": 1e6}}
+    p = proj_mod.project(gpu, where, cpu)
+    rates = {"main process": p["main_process"]["rate"], "pool": p["pool"]["rate"],
+             "decoding": p["decode_rate"]}
+    assert p["rate"] == min(rates.values()) and rates[p["bound"]] == p["rate"]
+    assert p["minutes"] == pytest.approx(50_000 / p["rate"] / 60)
+    m = p["main_process"]
+    assert m["ms_per_batch"] == pytest.approx(m["network_ms"] + m["dense_ms"] + m["handoff_ms"])
+    assert m["rate"] == pytest.approx(16 / m["ms_per_batch"] * 1000)
+    speed = gpu["stages"]["decode_per_process"] / 200.0
+    assert m["handoff_ms"] == pytest.approx(16 * 1.0 / speed)
+    assert m["us_per_operation"] == pytest.approx(1e6 * max(1 / where["rates"][1]["forward"] / 200,
+                                                            1 / where["rates"][1]["floor"] / 400))
+    ref = 1 / gpu["stages"]["graph_cut_per_process"]
+    assert p["pool"]["batched_task_s"] == pytest.approx(ref * 0.5 + 0.0001 / speed)
+    cpu["dense_host_work"]["photos"] = 8
+    with pytest.raises(ValueError, match="same batch"):
+        proj_mod.project(gpu, where, cpu)

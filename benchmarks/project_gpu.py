@@ -63,6 +63,11 @@ def parse_where(text: str) -> dict:
 
 
 def project(gpu_loc: dict, where: dict, cpu: dict) -> dict:
+    if "pool_work" in gpu_loc:
+        # a report of the current benchmarks/localise.py: its end-to-end runs took the batched path,
+        # and its graph_cut_per_process is the batched pool work, not the one-photo path's
+        raise ValueError("this GPU report measured the batched path itself: read its end-to-end rate "
+                         "(runs) instead of projecting one")
     host = cpu["dense_host_work"]
     batch = where["stage_batch"]
     if host["photos"] != batch or host["top_k"] != where["stage_top_k"]:
@@ -77,28 +82,40 @@ def project(gpu_loc: dict, where: dict, cpu: dict) -> dict:
     per_op_fwd = 1 / b1["forward"] / host["ops_forward_batch_1"]
     per_op_fb = 1 / b1["floor"] / host["ops_forward_backward_batch_1"]
     per_op = max(per_op_fwd, per_op_fb)
-    # one host core of each machine against the other: decoding (NumPy, PIL) per process; a faster
-    # GPU host is not counted on (decoding rates vary by tens of percent between runs)
-    decode_ratio = gpu_loc["stages"]["decode_per_process"] / cpu["stages"]["decode_per_process"]
-    host_speed = min(1.0, decode_ratio)
-    dense_ms = 1000 * (host["ops_per_batch"] * per_op + host["numpy_init_s_per_batch"] / host_speed)
-    handoff_ms = 1000 * batch * host["handoff_cpu_s_per_photo"] / host_speed
-    main_ms = network_ms + dense_ms + handoff_ms
-    main_rate = batch / (main_ms / 1000)
+    # in a GPU report of the one-photo path (9b6026c's benchmark), graph_cut_per_process is that
+    # path's whole pool task: segment() for each class
     ref_task_s = 1 / gpu_loc["stages"]["graph_cut_per_process"]
+    # one host core of each machine against the other, by two measures that each machine ran:
+    # decoding per process, and the one-photo pool task per process (the GPU machine's predates
+    # the freed-memory change, which made it faster); the slower reading is taken, and a faster
+    # GPU host is not counted on
+    decode_ratio = gpu_loc["stages"]["decode_per_process"] / cpu["stages"]["decode_per_process"]
+    task_ratio = cpu["pool_work"]["reference"]["s_per_photo"] / ref_task_s
+    host_speed = min(1.0, decode_ratio, task_ratio)
+    dense_ms = 1000 * (host["ops_per_batch"] * per_op + host["numpy_init_s_per_batch"] / host_speed)
+    # the prepared arrays come back to the host at the rate the GPU log measured for the maps
+    maps_bytes = batch * where["stage_top_k"] * 224 * 224 * 4
+    copy_ms = parts["maps to numpy"] * host["prepared_bytes_per_batch"] / maps_bytes
+    handoff_ms = 1000 * batch * host["handoff_cpu_s_per_photo"] / host_speed
+    main_ms = network_ms + dense_ms + copy_ms + handoff_ms
+    main_rate = batch / (main_ms / 1000)
     best_w, best = max(gpu_loc["runs"].items(), key=lambda kv: kv[1]["steady_images_per_s"])
     busy = best["steady_images_per_s"] * ref_task_s  # pool processes' worth of work got through
     ratio = cpu["pool_work"]["ratio_batched_to_reference"]
     pool_task_s = ref_task_s * ratio + host["unpickle_s_per_photo"] / host_speed
-    pool_rate = (busy - 1) / pool_task_s
     decode_rate = gpu_loc["stages"]["decode_per_process"]  # one loader process
+    # the cores the pool got through, less the main process and the loader's share at the pool's
+    # rate r: r = (busy - 1 - r / decode_rate) / pool_task_s
+    pool_rate = (busy - 1) / (pool_task_s + 1 / decode_rate)
     rate, bound = min((main_rate, "main process"), (pool_rate, "pool"), (decode_rate, "decoding"))
     slack_ms = batch / TARGET * 1000 - main_ms  # what the main process may take more, per batch
     return {
         "rate": rate, "minutes": VAL_IMAGES / rate / 60, "target_rate": TARGET,
         "bound": bound,
+        "batch": batch,
         "main_process": {"rate": main_rate, "ms_per_batch": main_ms, "network_ms": network_ms,
-                         "dense_ms": dense_ms, "handoff_ms": handoff_ms, "us_per_operation": 1e6 * per_op,
+                         "dense_ms": dense_ms, "copy_ms": copy_ms, "handoff_ms": handoff_ms,
+                         "us_per_operation": 1e6 * per_op,
                          "slack_ms_per_batch_at_target": slack_ms,
                          "slack_us_per_operation_at_target": 1e6 * per_op + 1000 * slack_ms
                          / host["ops_per_batch"]},
@@ -106,6 +123,7 @@ def project(gpu_loc: dict, where: dict, cpu: dict) -> dict:
                  "measured_rate": best["steady_images_per_s"], "reference_task_s": ref_task_s,
                  "ratio_batched_to_reference": ratio, "batched_task_s": pool_task_s},
         "decode_rate": decode_rate, "host_speed_gpu_over_cpu": host_speed, "decode_ratio": decode_ratio,
+        "pool_task_ratio": task_ratio,
         "assumptions": [
             f"{VAL_IMAGES} photos, top-{where['stage_top_k']}, batches of {batch}; ILSVRC photos are resized "
             "to the input square, so a photo's cost does not depend on its size",
@@ -117,18 +135,28 @@ def project(gpu_loc: dict, where: dict, cpu: dict) -> dict:
             f"forward+backward's {1e6 * per_op_fb:.1f} us per operation on the GPU machine, where the GPU "
             "waits for its host; most of the dense stage's operations are cheaper views and element-wise "
             f"ones) plus its NumPy k-means++ start ({1000 * host['numpy_init_s_per_batch']:.1f} ms here); "
-            f"its {host['host_reads_per_batch']} host reads wait for arithmetic that is small beside that",
+            "the device's own arithmetic is small beside that, so its waits are short: "
+            f"{host['host_reads_per_batch']} host reads counted here, and on CUDA about as many more "
+            "(torch.linalg.cholesky checking each EM iteration's result, torch.nonzero, copies from the "
+            "host), not counted; the slack below says how much they may cost",
+            f"the prepared arrays ({host['prepared_bytes_per_batch'] / 2**20:.0f} MiB per batch) come back "
+            f"to the host at the rate the GPU log measured for the maps ({copy_ms:.1f} ms)",
             f"the GPU machine's host core does the NumPy start, the hand-off and unpickling at "
-            f"{host_speed:.2f}x this CPU's speed (decoding per process: {decode_ratio:.2f}x, "
+            f"{host_speed:.2f}x this CPU's speed: the slower of two readings, each measured on both "
+            f"machines, and at most 1 (decoding per process {decode_ratio:.2f}x, "
             f"{gpu_loc['stages']['decode_per_process']:.0f} against "
-            f"{cpu['stages']['decode_per_process']:.0f} photos/s, taken as at most 1)",
+            f"{cpu['stages']['decode_per_process']:.0f} photos/s; the one-photo pool task "
+            f"{task_ratio:.2f}x, {1000 * ref_task_s:.0f} against "
+            f"{1000 * cpu['pool_work']['reference']['s_per_photo']:.0f} ms, the GPU machine's measured "
+            "before the freed-memory change)",
             f"hand-off: {1000 * host['handoff_cpu_s_per_photo']:.2f} ms of the main process per photo here "
             f"({host['task_bytes_per_photo'] / 2**20:.1f} MiB pickled), counted in full, as if no part of it "
             "overlapped the main thread",
             f"pool: the GPU machine got through {busy:.2f} processes' worth of one-photo pool work "
             f"({best['steady_images_per_s']:.1f} photos/s x {ref_task_s:.3f} s with {best_w} workers); one "
-            f"less for the busier main process; the batched path's pool work is {ratio:.2f}x the one-photo "
-            "path's there as here, plus unpickling",
+            "less for the main process, now busy all the time, and the loader's share; the batched path's "
+            f"pool work is {ratio:.2f}x the one-photo path's there as here (measured here at the CPU "
+            "report's commit, applied to the GPU machine's one-photo task at its own), plus unpickling",
             f"decoding: one loader process at the GPU machine's measured {decode_rate:.0f} photos/s",
         ],
     }
@@ -159,15 +187,17 @@ def main(argv=None) -> int:
     m, pl = proj["main_process"], proj["pool"]
     print(f"Projection for {VAL_IMAGES} photos on the GPU machine (not a measurement):")
     print(f"  main process: {m['rate']:.1f} photos/s ({m['ms_per_batch']:.0f} ms per batch: network "
-          f"{m['network_ms']:.1f}, dense stage {m['dense_ms']:.1f}, hand-off {m['handoff_ms']:.1f})")
-    print(f"  pool: {pl['rate']:.1f} photos/s ({pl['busy_processes_measured']:.2f} - 1 processes / "
-          f"{1000 * pl['batched_task_s']:.1f} ms per photo)")
+          f"{m['network_ms']:.1f}, dense stage {m['dense_ms']:.1f}, copy back {m['copy_ms']:.1f}, "
+          f"hand-off {m['handoff_ms']:.1f})")
+    print(f"  pool: {pl['rate']:.1f} photos/s ({pl['busy_processes_measured']:.2f} - 1 processes over "
+          f"{1000 * pl['batched_task_s']:.1f} ms per photo and the loader's "
+          f"{1000 / proj['decode_rate']:.1f})")
     print(f"  decoding: {proj['decode_rate']:.0f} photos/s")
     print(f"  => {proj['rate']:.1f} photos/s ({proj['bound']}), {proj['minutes']:.1f} minutes; target "
           f"{TARGET:.0f} photos/s (15 minutes)")
-    print(f"  slack at the target: the main process could take "
-          f"{m['slack_ms_per_batch_at_target']:.0f} ms more "
-          f"per batch, i.e. {m['slack_us_per_operation_at_target']:.0f} us per dense-stage operation")
+    print(f"  slack at the target: the main process could take {m['slack_ms_per_batch_at_target']:.0f} ms "
+          f"more per batch (a budget of {m['slack_us_per_operation_at_target']:.0f} us per dense-stage "
+          f"operation, against the {m['us_per_operation']:.0f} assumed)")
     for line in proj["assumptions"]:
         print(f"  assumption: {line}")
     if a.out:

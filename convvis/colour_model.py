@@ -245,10 +245,12 @@ def initial_assignments(colours: np.ndarray, k: int, state: dict) -> np.ndarray:
     exactly. Every set starting from one state draws the same numbers, so the sets are seeded
     together: one first index for all, then per step one uniform number, turned into each set's
     index by its own cumulative distribution as ``Generator.choice`` does (the same float64
-    operations per row, hence the same indices as a loop over the sets; a test compares them). A
-    set whose distances all become 0 takes ``_kmeans_pp``'s other branch, which draws differently:
-    such sets run the loop.
+    operations per row, hence the same indices as a loop over the sets; a test compares them). In
+    a set whose distances all become 0 the loop takes ``_kmeans_pp``'s other branch and draws
+    differently, but every colour then sits on an earlier centre, which ``argmin`` keeps: the
+    assignments are the same. A set whose distances are not finite runs the loop, which raises.
     """
+    colours = np.asarray(colours, dtype=np.float64)  # Generator.choice works in float64
     b, m, _ = colours.shape
     g = np.random.default_rng()
     g.bit_generator.state = state
@@ -262,10 +264,10 @@ def initial_assignments(colours: np.ndarray, k: int, state: dict) -> np.ndarray:
 
     centres = [colours[:, g.integers(m)]]  # (B,3) each
     d2 = dist2(centres[0])
-    alone = np.zeros(b, bool)  # sets that take the other branch: done one by one below
+    alone = np.zeros(b, bool)  # sets with non-finite distances: the loop below raises its error
     for _ in range(1, k):
         total = d2.sum(1)
-        alone |= ~(total > 0)
+        alone |= ~np.isfinite(total)
         with np.errstate(invalid="ignore", divide="ignore"):
             cdf = np.cumsum(d2 / total[:, None], axis=1)
             cdf /= cdf[:, -1:]
@@ -331,24 +333,27 @@ def fit_colour_model_groups(
     tensors on one device -> a list of its dicts, the same fits (a test compares them).
 
     Each group is subsampled and started exactly as :func:`fit_colour_models` would (its own
-    generator from ``seed``); groups whose subsamples then have the same size and component count
-    run one EM together. That is what a GPU needs: the EM is many small operations, and issuing
-    them costs the host more than the device's arithmetic, so the foreground and background models
-    of a batch (:func:`convvis.prepare_cuts`) are fitted with one set of operations instead of two.
+    generator from ``seed``); groups whose subsamples then have the same size, component count,
+    dtype and device run one EM together. That is what a GPU needs: the EM is many small
+    operations, and issuing them costs the host more than the device's arithmetic, so the
+    foreground and background models of a batch (:func:`convvis.prepare_cuts`) are fitted with one
+    set of operations instead of two.
     """
-    if engine not in ("auto", "torch", "numpy"):
-        raise ValueError(f"engine must be 'auto', 'torch' or 'numpy', not {engine!r}")
+    if not groups:
+        return []
     for colours in groups:
         _check_colours(colours)
     if not bool(torch.stack([torch.isfinite(c).all() for c in groups]).all()):  # one host read
         raise ValueError("colours contain NaN or infinite values")
+    if engine not in ("auto", "torch", "numpy"):
+        raise ValueError(f"engine must be 'auto', 'torch' or 'numpy', not {engine!r}")
     if engine == "numpy":
         return [_fit_numpy(c, components, max_samples, max_iter, tol, reg, seed) for c in groups]
     starts = [_start(c, components, max_samples, seed) for c in groups]
     out: list = [None] * len(groups)
-    together: dict = {}  # (subsample size, K) -> indices of the groups that can share an EM
-    for i, (_, resp) in enumerate(starts):
-        together.setdefault(tuple(resp.shape[1:]), []).append(i)
+    together: dict = {}  # (subsample size, K, dtype, device) -> the groups that can share an EM
+    for i, (x, resp) in enumerate(starts):
+        together.setdefault((*resp.shape[1:], x.dtype, x.device), []).append(i)
     for members in together.values():
         x = torch.cat([starts[i][0] for i in members])
         resp = torch.cat([starts[i][1] for i in members])

@@ -91,10 +91,11 @@ def _loop_assignments(colours, k, state):
     return out
 
 
-@pytest.mark.parametrize("case", ["random", "ties", "constant sets", "tiny sets"])
+@pytest.mark.parametrize("case", ["random", "ties", "constant sets", "few colours", "tiny sets", "float32"])
 def test_initial_assignments_are_the_reference_loops(case):
     """The sets are seeded together; each must get exactly the indices its own loop would draw,
-    including sets whose distances all vanish (the other branch of ``_kmeans_pp``)."""
+    also sets whose distances all vanish at the first step or a later one (where the loop takes
+    the other branch of ``_kmeans_pp``), and float32 colours (the loop's draws are in float64)."""
     rng = np.random.default_rng(len(case))
     x = rng.random((40, 300, 3))
     if case == "ties":
@@ -103,11 +104,28 @@ def test_initial_assignments_are_the_reference_loops(case):
         x[3] = 0.5
         x[7] = x[7, :1]
         x[9, :, 0] = 0.25  # constant in one channel only: still distances
+    elif case == "few colours":  # two or three distinct colours: no distance left after them
+        x[::2] = np.where(rng.random((20, 300, 1)) < 0.5, 0.2, 0.8)
+        x[1::4] = np.round(x[1::4]) / 2  # at most 8 colours: the loop runs out at k = 5 for some
     elif case == "tiny sets":
-        x = x[:, :5]
+        x = x[:, :3]  # fewer colours than centres for k = 5
+    elif case == "float32":
+        x = x.astype(np.float32)
     state = np.random.default_rng(7).bit_generator.state
     for k in (1, 2, 3, 5):
-        assert np.array_equal(initial_assignments(x, k, state), _loop_assignments(x, k, state)), k
+        ref = _loop_assignments(x.astype(np.float64), k, state)
+        assert np.array_equal(initial_assignments(x, k, state), ref), k
+
+
+def test_initial_assignments_refuse_what_the_loop_refuses():
+    x = np.random.default_rng(0).random((4, 50, 3))
+    x[2, 5] = np.inf
+    state = np.random.default_rng(0).bit_generator.state
+    with pytest.raises(ValueError) as loop:
+        _loop_assignments(x, 3, state)
+    with pytest.raises(ValueError) as ours:
+        initial_assignments(x, 3, state)
+    assert str(ours.value) == str(loop.value)
 
 
 def test_grouped_em_fits_each_group_as_alone():
@@ -121,5 +139,12 @@ def test_grouped_em_fits_each_group_as_alone():
         for key in ("weights", "means", "covariances"):
             assert torch.equal(fit[key], alone[key]), key
         np.testing.assert_array_equal(fit["history"], alone["history"])
+    # a float32 group is not joined to float64 ones: it gets its own fit, in float32
+    mixed = groups[:1] + [groups[1].float()]
+    for g, fit in zip(mixed, fit_colour_model_groups(mixed, seed=3)):
+        alone = fit_colour_models(g, seed=3)
+        assert fit["means"].dtype == g.dtype
+        assert all(torch.equal(fit[key], alone[key]) for key in ("weights", "means", "covariances"))
+    assert fit_colour_model_groups([]) == []
     with pytest.raises(ValueError, match="NaN"):
         fit_colour_model_groups([groups[0], torch.full((2, 10, 3), float("nan"), dtype=torch.float64)])

@@ -223,16 +223,19 @@ def test_saved_long_eq1_run_covers_its_grid_and_has_its_figure():
 
 def test_gpu_projection_joins_the_saved_measurements():
     """benchmarks/project_gpu.py: the GPU log parses, the projection is the slowest of its three
-    rates, each built from the inputs as its docstring says, and mismatched batches are refused."""
+    rates, each built from the inputs as its docstring says; mismatched batches, and a GPU report
+    that measured the batched path itself (its graph_cut_per_process means another thing), are
+    refused."""
     proj_mod = _load("project_gpu")
     log = ROOT / "benchmarks" / "reference" / "h200-2026-12-04-where.log"
     where = proj_mod.parse_where(log.read_text())
     assert where["stage_batch"] == 16 and where["rates"][1]["forward"] > where["rates"][1]["floor"] > 0
     gpu = json.loads((ROOT / "benchmarks" / "reference" / "h200-2026-12-04-localise.json").read_text())
-    cpu = {"stages": {"decode_per_process": 200.0}, "pool_work": {"ratio_batched_to_reference": 0.5},
+    cpu = {"stages": {"decode_per_process": 200.0},
+           "pool_work": {"ratio_batched_to_reference": 0.5, "reference": {"s_per_photo": 0.25}},
            "dense_host_work": {"photos": 16, "top_k": 5, "ops_per_batch": 1000,
                                "numpy_init_s_per_batch": 0.01, "ops_forward_batch_1": 200,
-                               "ops_forward_backward_batch_1": 400,
+                               "ops_forward_backward_batch_1": 400, "prepared_bytes_per_batch": 2**25,
                                "handoff_cpu_s_per_photo": 0.001, "unpickle_s_per_photo": 0.0001,
                                "host_reads_per_batch": 3, "task_bytes_per_photo": 1e6}}
     p = proj_mod.project(gpu, where, cpu)
@@ -241,14 +244,25 @@ def test_gpu_projection_joins_the_saved_measurements():
     assert p["rate"] == min(rates.values()) and rates[p["bound"]] == p["rate"]
     assert p["minutes"] == pytest.approx(50_000 / p["rate"] / 60)
     m = p["main_process"]
-    assert m["ms_per_batch"] == pytest.approx(m["network_ms"] + m["dense_ms"] + m["handoff_ms"])
+    parts = m["network_ms"] + m["dense_ms"] + m["copy_ms"] + m["handoff_ms"]
+    assert m["ms_per_batch"] == pytest.approx(parts)
     assert m["rate"] == pytest.approx(16 / m["ms_per_batch"] * 1000)
-    speed = gpu["stages"]["decode_per_process"] / 200.0
+    # the prepared arrays (32 MiB) against the maps' 16 x 5 x 224 x 224 float32 bytes
+    maps_bytes = 16 * 5 * 224**2 * 4
+    assert m["copy_ms"] == pytest.approx(where["stage_parts_ms"]["maps to numpy"] * 2**25 / maps_bytes)
+    ref = 1 / gpu["stages"]["graph_cut_per_process"]
+    speed = min(1.0, gpu["stages"]["decode_per_process"] / 200.0, 0.25 / ref)
+    assert p["host_speed_gpu_over_cpu"] == speed
     assert m["handoff_ms"] == pytest.approx(16 * 1.0 / speed)
     assert m["us_per_operation"] == pytest.approx(1e6 * max(1 / where["rates"][1]["forward"] / 200,
                                                             1 / where["rates"][1]["floor"] / 400))
-    ref = 1 / gpu["stages"]["graph_cut_per_process"]
     assert p["pool"]["batched_task_s"] == pytest.approx(ref * 0.5 + 0.0001 / speed)
+    # the pool's rate r leaves a core for the main process and the loader's share r / decoding rate
+    r = p["pool"]["rate"]
+    busy = p["pool"]["busy_processes_measured"]
+    assert r * p["pool"]["batched_task_s"] + r / p["decode_rate"] == pytest.approx(busy - 1)
+    with pytest.raises(ValueError, match="batched path itself"):
+        proj_mod.project({**gpu, "pool_work": {}}, where, cpu)
     cpu["dense_host_work"]["photos"] = 8
     with pytest.raises(ValueError, match="same batch"):
         proj_mod.project(gpu, where, cpu)

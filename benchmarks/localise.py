@@ -34,7 +34,6 @@ A JSON report goes to ``benchmarks/results/localise-<host>-<date>.json`` (or ``-
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import multiprocessing as mp
@@ -52,11 +51,11 @@ from pathlib import Path
 import numpy as np
 import psutil
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import convvis
 from convvis import colour_model
 from convvis.batched_segmentation import cut_prepared, prepare_cuts
+from convvis.diagnostics import count_host_reads, count_operations
 from convvis.ilsvrc import ILSVRCLocalisation, imagenet_wnids, write_sample_fixture
 from convvis.localise import evaluate, localise_one
 from convvis.saliency import saliency_map
@@ -238,59 +237,14 @@ def agreement(net, data, n, batch_size, top_k) -> dict:
                 ious, bins=[0, 0.5, 0.9, 0.99, 0.999, 1.0 - 1e-12, 1.0])[0].tolist()}
 
 
-class _CountOps(TorchDispatchMode):
-    """Counts the torch operations dispatched inside the ``with`` block (views included)."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
-_READS = ("__bool__", "item", "tolist", "cpu", "__int__", "__float__", "__index__", "numpy", "__array__")
-
-
-@contextlib.contextmanager
-def _host_reads():
-    """Counts reads of tensor values by the host (each one waits for a GPU's queue to drain), as
-    tests/test_host_reads.py does: a tensor that ``cpu`` returned is a host copy, and reading it is
-    not counted. On CUDA some operations also wait without such a call (``torch.linalg.cholesky``
-    checking its result, ``torch.nonzero`` sizing its output, copies from host memory); those are
-    not counted here."""
-    counted, host, keep = [], set(), []  # keep: host copies stay alive, so their ids are not reused
-    saved = {name: getattr(torch.Tensor, name) for name in _READS}
-
-    def wrap(name, original):
-        def read(self, *args, **kwargs):
-            if id(self) not in host:
-                counted.append(name)
-            out = original(self, *args, **kwargs)
-            if name == "cpu" and isinstance(out, torch.Tensor):
-                out = out.clone() if out is self else out  # on a CPU, cpu() returns the tensor itself
-                host.add(id(out))
-                keep.append(out)
-            return out
-        return read
-
-    for name, original in saved.items():
-        setattr(torch.Tensor, name, wrap(name, original))
-    try:
-        yield counted
-    finally:
-        for name, original in saved.items():
-            setattr(torch.Tensor, name, original)
-
-
 def dense_host_work(net, data, batch_size, top_k) -> dict:
     """What the dense stage's GPU code asks of the host, measured on any device, per batch.
 
     On a GPU the dense stage (``prepare_cuts``) is small arithmetic on small arrays: what it costs
     there is the host's work of issuing it. This counts, for one batch of ``batch_size`` photos x
     ``top_k`` maps run with ``engine="torch"`` (the code a GPU runs), the torch operations it
-    dispatches and the host reads it makes (each waits for the device's queue), and times the
+    dispatches and the host reads it makes (each waits for the device's queue; both counted by
+    ``convvis.diagnostics``), and times the
     NumPy part it keeps on the host on every device (the k-means++ starting point,
     ``initial_assignments``), with one thread. It also measures what handing the batch's tasks to
     a pool process costs the main process (pickling, the pipe; ``Pool.apply_async``) and what
@@ -322,9 +276,9 @@ def dense_host_work(net, data, batch_size, top_k) -> dict:
 
     try:
         prepare_cuts(ph, m, engine="torch")  # warm
-        with _CountOps() as ops:
+        with count_operations() as ops:
             prepare_cuts(ph, m, engine="torch")
-        with _host_reads() as reads:  # apart: the counter's host copies are operations too
+        with count_host_reads() as reads:  # apart: the counter's host copies are operations too
             prepare_cuts(ph, m, engine="torch")
         walls, inits = [], []
         colour_model.initial_assignments = timed
@@ -336,9 +290,9 @@ def dense_host_work(net, data, batch_size, top_k) -> dict:
             walls.append(time.perf_counter() - t0)
             inits.append(sum(init_s))
         xb = x[:1].detach().clone().requires_grad_(True)
-        with _CountOps() as fwd, torch.no_grad():
+        with count_operations() as fwd, torch.no_grad():
             net.model(x[:1])
-        with _CountOps() as fwd_bwd:
+        with count_operations() as fwd_bwd:
             torch.autograd.grad(net.model(xb)[:, 0].sum(), xb)
     finally:
         colour_model.initial_assignments = original

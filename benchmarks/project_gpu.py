@@ -94,6 +94,7 @@ def project(gpu_loc: dict, where: dict, cpu: dict) -> dict:
     host_speed = min(1.0, decode_ratio, task_ratio)
     dense_ms = 1000 * (host["ops_per_batch"] * per_op + host["numpy_init_s_per_batch"] / host_speed)
     # the prepared arrays come back to the host at the rate the GPU log measured for the maps
+    # where_time_goes.py times float32 maps of Lite0's 224 x 224 input
     maps_bytes = batch * where["stage_top_k"] * 224 * 224 * 4
     copy_ms = parts["maps to numpy"] * host["prepared_bytes_per_batch"] / maps_bytes
     handoff_ms = 1000 * batch * host["handoff_cpu_s_per_photo"] / host_speed

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import convvis
 from convvis import frozen_parameters, grabcut_mask, segment
 from convvis import segmentation as seg
 from convvis.class_model import paper_preset, visualise
+from convvis.diagnostics import count_operations
 from convvis.metrics import PROTOCOLS, auc, perturbation_curve, pixel_ranks, rank_correlation, with_steps
 from convvis.saliency import saliency_map
 from convvis.segmentation import seeds_from_saliency
@@ -685,21 +685,10 @@ def bench_book(net, device, args) -> dict:
     return {"seconds": out, "total_seconds": total}
 
 
-class _OpCounter(TorchDispatchMode):
-    """Counts the torch operations dispatched inside the block (forward and backward alike)."""
-    def __init__(self):
-        super().__init__()
-        self.ops = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops += 1
-        return func(*args, **(kwargs or {}))
-
-
 def _ops(fn: Callable[[], object]) -> int:
-    with _OpCounter() as c:
+    with count_operations() as c:
         fn()
-    return c.ops
+    return c.count
 
 
 def bench_host(net, device, args) -> dict:

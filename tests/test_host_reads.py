@@ -2,11 +2,9 @@
 
 Reading a value of a device tensor on the host (``bool(t)``, ``t.item()``, ``t.tolist()``,
 ``t.cpu()``, ...) waits until the device has finished everything queued before it. These tests
-count such reads by patching ``torch.Tensor``; on CPU tensors they count the same calls, so they
-run anywhere.
+count such reads with :func:`convvis.diagnostics.count_host_reads`, which patches ``torch.Tensor``;
+on CPU tensors it counts the same calls, so they run anywhere.
 """
-
-import contextlib
 
 import pytest
 import torch
@@ -14,43 +12,11 @@ from torch import nn
 
 import convvis
 from convvis.common import frozen_parameters
-
-READS = ("__bool__", "item", "tolist", "cpu", "__int__", "__float__", "__index__", "numpy", "__array__")
-
-
-@contextlib.contextmanager
-def host_reads():
-    """Count reads of tensor values by the host. A tensor that ``.cpu()`` returned is a host copy:
-    reading it again is not counted (on a CPU ``.cpu()`` returns the tensor itself, so a copy
-    is handed back instead, with the same values)."""
-    counted = []
-    host, keep = set(), []  # ids of host copies, kept alive so that ids are not reused
-    saved = {name: getattr(torch.Tensor, name) for name in READS}
-
-    def wrap(name, original):
-        def read(self, *args, **kwargs):
-            if id(self) not in host:
-                counted.append(name)
-            out = original(self, *args, **kwargs)
-            if name == "cpu" and isinstance(out, torch.Tensor):
-                out = out.clone() if out is self else out
-                host.add(id(out))
-                keep.append(out)
-            return out
-
-        return read
-
-    for name, original in saved.items():
-        setattr(torch.Tensor, name, wrap(name, original))
-    try:
-        yield counted
-    finally:
-        for name, original in saved.items():
-            setattr(torch.Tensor, name, original)
+from convvis.diagnostics import count_host_reads
 
 
 def reads(fn) -> list[str]:
-    with host_reads() as counted:
+    with count_host_reads() as counted:
         fn()
     return counted
 

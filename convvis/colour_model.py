@@ -239,7 +239,7 @@ def _t_m_step(x, quad, resp, reg):
 def initial_assignments(colours: np.ndarray, k: int, state: dict) -> np.ndarray:
     """EM's starting point for B colour sets, on the host: (B,m,3) float64 -> (B,m) int64.
 
-    Each set gets :func:`fit_colour_model`'s initialisation, k-means++ centres drawn from a
+    Each set gets :func:`convvis.fit_colour_model`'s initialisation, k-means++ centres drawn from a
     generator restored to ``state`` (the same generator state for every set), and each colour goes
     to its nearest centre. It stays in NumPy on every device, so that the draws are the reference's
     exactly. Every set starting from one state draws the same numbers, so the sets are seeded
@@ -329,10 +329,10 @@ def fit_colour_model_groups(
     seed: int = 0,
     engine: str = "auto",
 ) -> list[dict]:
-    """:func:`fit_colour_models` on each of several groups of colour sets: a list of (B_i,P_i,3)
+    """:func:`convvis.fit_colour_models` on each of several groups of colour sets: a list of (B_i,P_i,3)
     tensors on one device -> a list of its dicts, the same fits (a test compares them).
 
-    Each group is subsampled and started exactly as :func:`fit_colour_models` would (its own
+    Each group is subsampled and started exactly as :func:`convvis.fit_colour_models` would (its own
     generator from ``seed``); groups whose subsamples then have the same size, component count,
     dtype and device run one EM together. That is what a GPU needs: the EM is many small
     operations, and issuing them costs the host more than the device's arithmetic, so the
